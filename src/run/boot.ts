@@ -1,0 +1,88 @@
+// Boot: plan the arena from the config (every layer asks for its regions), create it,
+// initialise each layer, and build the Kernel views. Workers attach to the same arena with
+// the same layout and get views over the same memory.
+
+import { Arena, ArenaPlan, type ArenaLayout } from '../shm/arena.js';
+import { EventLog } from '../shm/events.js';
+import { Klog } from '../shm/klog.js';
+import { Kmalloc } from '../shm/kmalloc.js';
+import { StringTable } from '../shm/strings.js';
+import { BootScheduler } from '../sched/boot.js';
+import { setCurrent } from '../sched/current.js';
+import { defaultKernelConfig, type Kernel, type KernelConfig } from '../sched/kernel.js';
+import type { Scheduler } from '../sched/scheduler.js';
+import { planSim } from '../sched/sim.js';
+import { TaskTable } from '../sched/task.js';
+import { Lockdep } from '../sync/lockdep.js';
+
+export type BootConfig = Partial<KernelConfig>;
+
+class KernelInstance implements Kernel {
+  readonly strings: StringTable;
+  readonly events: EventLog;
+  readonly klog: Klog;
+  readonly tasks: TaskTable;
+  readonly kmalloc: Kmalloc;
+  readonly lockdep: Lockdep;
+  sched: Scheduler = new BootScheduler();
+
+  constructor(
+    readonly config: KernelConfig,
+    readonly arena: Arena,
+  ) {
+    this.strings = new StringTable(arena);
+    this.events = new EventLog(arena);
+    this.klog = new Klog(arena);
+    this.tasks = new TaskTable(this, arena, this.strings);
+    this.kmalloc = new Kmalloc(arena, config.kmalloc);
+    this.lockdep = new Lockdep(this, arena);
+  }
+}
+
+export function resolveConfig(cfg: BootConfig = {}): KernelConfig {
+  const c = { ...defaultKernelConfig, ...cfg };
+  for (const key of ['maxTasks', 'lockClasses', 'lockdepEdges', 'eventRecords', 'klogBytes', 'strings', 'stringBytes'] as const) {
+    const v = c[key];
+    if (!Number.isInteger(v) || v < 1) throw new RangeError(`kernel config: ${key} must be a whole number >= 1, got ${String(v)}`);
+  }
+  return c;
+}
+
+export function planKernel(c: KernelConfig): ArenaLayout {
+  const plan = new ArenaPlan();
+  StringTable.plan(plan, c.strings, c.stringBytes);
+  EventLog.plan(plan, c.eventRecords);
+  Klog.plan(plan, c.klogBytes);
+  TaskTable.plan(plan, c.maxTasks);
+  Kmalloc.plan(plan, c.kmalloc);
+  Lockdep.plan(plan, c.lockClasses + 1, c.lockdepEdges);
+  planSim(plan);
+  return plan.layout();
+}
+
+/** Build a fresh kernel; the calling thread becomes its boot context. */
+export function bootKernel(cfg: BootConfig = {}): Kernel {
+  const c = resolveConfig(cfg);
+  const arena = Arena.create(planKernel(c));
+  StringTable.init(arena, c.strings);
+  EventLog.init(arena, c.eventRecords, c.events);
+  TaskTable.init(arena, c.maxTasks);
+  Kmalloc.init(arena, c.kmalloc);
+  Lockdep.init(arena, c.lockClasses + 1, c.lockdepEdges, c.lockdep);
+  const k = new KernelInstance(c, arena);
+  k.lockdep.initMaps();
+  setCurrent(k.tasks.boot());
+  return k;
+}
+
+/** Views over an existing kernel's arena (a worker, or a restored snapshot). */
+export function attachKernel(sab: SharedArrayBuffer, layout: ArenaLayout, config: KernelConfig): Kernel {
+  return new KernelInstance(config, Arena.attach(sab, layout));
+}
+
+/** A kernel restored from an arena snapshot: identical state, fresh views. */
+export function restoreKernel(snapshot: Uint8Array, layout: ArenaLayout, config: KernelConfig): Kernel {
+  const k = new KernelInstance(config, Arena.restore(snapshot, layout));
+  setCurrent(k.tasks.get(0));
+  return k;
+}

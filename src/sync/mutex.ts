@@ -1,0 +1,92 @@
+// struct mutex: a 3-state futex word (0 unlocked, 1 locked, 2 locked with waiters) with the
+// owner recorded. The uncontended path is one compare-and-swap, allocates nothing and
+// returns undefined (nothing to await); only a contended lock returns a promise.
+// Unlock notifies only when the word says a waiter is parked.
+
+import { current } from '../sched/current.js';
+import type { Kernel } from '../sched/kernel.js';
+import { OBJ_OWNER, objLabel, taskLabel } from '../sched/report.js';
+import { EV } from '../shm/events.js';
+import { splat } from '../sched/splat.js';
+import { TaskL, WK, type Task } from '../sched/task.js';
+import { LockObj, might_sleep, sleepOn } from './context.js';
+import { LD_SUBCLASS_SHIFT, LD_TRYLOCK, initObj } from './lockdep.js';
+
+export const MUTEX_WORDS = 4;
+
+export class Mutex extends LockObj {}
+
+export function mutex_init(k: Kernel, at: number, name: string, className?: string): Mutex {
+  initObj(k, at, name, className);
+  return new Mutex(k, at);
+}
+
+export function mutex_lock(m: Mutex): Promise<void> | undefined {
+  return mutex_lock_nested(m, 0);
+}
+
+/** mutex_lock_nested: a subclass tells lockdep two locks of one class nest on purpose. */
+export function mutex_lock_nested(m: Mutex, subclass: number): Promise<void> | undefined {
+  const t = current;
+  const w = t.k.arena.i32;
+  if ((w[t.base + TaskL.preempt] | w[t.base + TaskL.nonBlock]) !== 0) might_sleep('mutex_lock');
+  t.k.lockdep.acquire(t, m.at, subclass << LD_SUBCLASS_SHIFT);
+  const p = t.k.sched.point();
+  if (p !== undefined) return p.then(() => acquire(m, t));
+  return acquire(m, t);
+}
+
+function acquire(m: Mutex, t: Task): Promise<void> | undefined {
+  const w = m.w;
+  if (Atomics.compareExchange(w, m.at, 0, 1) === 0) {
+    w[m.at + OBJ_OWNER] = t.id + 1;
+    return undefined;
+  }
+  return lockSlow(m, t);
+}
+
+async function lockSlow(m: Mutex, t: Task): Promise<void> {
+  const w = m.w;
+  t.k.events.emit(EV.CONTENDED, t.id, m.at, w[m.at + OBJ_OWNER] - 1, 0);
+  let c = Atomics.exchange(w, m.at, 2);
+  while (c !== 0) {
+    const r = sleepOn(t, m.at, WK.mutex, m.at, 2);
+    if (typeof r !== 'number') await r;
+    c = Atomics.exchange(w, m.at, 2);
+  }
+  w[m.at + OBJ_OWNER] = t.id + 1;
+}
+
+export function mutex_trylock(m: Mutex): boolean {
+  const t = current;
+  const w = m.w;
+  if (Atomics.compareExchange(w, m.at, 0, 1) !== 0) return false;
+  w[m.at + OBJ_OWNER] = t.id + 1;
+  t.k.lockdep.acquire(t, m.at, LD_TRYLOCK);
+  return true;
+}
+
+export function mutex_unlock(m: Mutex): void {
+  const t = current;
+  const w = m.w;
+  const owner = w[m.at + OBJ_OWNER];
+  if (owner !== t.id + 1) {
+    splat(t.k, 'bad_unlock', `DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current): ${objLabel(t.k, m.at)} unlocked by ${t.name}/${t.id}, owner ${owner ? taskLabel(t.k, owner - 1) : 'none'}`);
+    if (owner === 0 && Atomics.load(w, m.at) === 0) return; // not locked at all: leave it alone
+  }
+  w[m.at + OBJ_OWNER] = 0;
+  t.k.lockdep.release(t, m.at);
+  if (Atomics.sub(w, m.at, 1) !== 1) {
+    Atomics.store(w, m.at, 0);
+    t.k.sched.wake(m.at, 1);
+  }
+}
+
+export function mutex_is_locked(m: Mutex): boolean {
+  return Atomics.load(m.w, m.at) !== 0;
+}
+
+/** the task id holding the mutex, or -1 */
+export function mutex_owner(m: Mutex): number {
+  return m.w[m.at + OBJ_OWNER] - 1;
+}
