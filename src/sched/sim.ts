@@ -12,7 +12,7 @@ import { Prng } from './prng.js';
 import { blockedReport } from './report.js';
 import { WAIT_NOT_EQUAL, WAIT_OK, WAIT_TIMED_OUT, taskSpecError, type RunResult, type RunStatus, type Runner, type Scheduler, type TaskFn, type TaskSpec, type WaitResult } from './scheduler.js';
 import { splat } from './splat.js';
-import { TASK_BLOCKED, TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskL, WK, type Task } from './task.js';
+import { TASK_BLOCKED, TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskExit, TaskL, WK, type Task } from './task.js';
 
 export interface SimOptions {
   seed: number;
@@ -274,6 +274,10 @@ export class SimScheduler implements Scheduler, Runner {
         .then(
           () => this.exit(next, TASK_EXITED),
           (e: unknown) => {
+            if (e instanceof TaskExit) {
+              this.w[next.base + TaskL.exitCode] = e.code;
+              return this.exit(next, TASK_EXITED);
+            }
             const msg = e instanceof Error ? (e.stack ?? e.message) : String(e);
             this.failed.push({ task: next.id, name: next.name, error: msg });
             splat(this.k, 'task_failed', `task ${next.name}/${next.id} failed: ${msg}`);

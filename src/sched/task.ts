@@ -49,6 +49,30 @@ export const TASK_STATE_NAMES = ['free', 'runnable', 'blocked', 'exited', 'abort
 export const PF_MEMALLOC = 0x800;
 export const PF_KTHREAD = 0x200000;
 
+/** memalloc_noreclaim_save: mark current as reclaiming (PF_MEMALLOC); returns the old flags to restore. */
+export function memalloc_noreclaim_save(t: Task): number {
+  const w = t.k.arena.i32;
+  const old = w[t.base + TaskL.flags] & PF_MEMALLOC;
+  w[t.base + TaskL.flags] |= PF_MEMALLOC;
+  return old;
+}
+
+export function memalloc_noreclaim_restore(t: Task, old: number): void {
+  const w = t.k.arena.i32;
+  w[t.base + TaskL.flags] = (w[t.base + TaskL.flags] & ~PF_MEMALLOC) | old;
+}
+
+/** do_exit: end the current task now, with an exit code (both schedulers treat it as a normal exit). */
+export class TaskExit extends Error {
+  constructor(readonly code: number) {
+    super(`do_exit(${code})`);
+  }
+}
+
+export function do_exit(code = 0): never {
+  throw new TaskExit(code);
+}
+
 export const TASK_KINDS = ['boot', 'cpu', 'kthread', 'device', 'driver', 'test'] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];
 

@@ -141,7 +141,7 @@ async function slow(s: RwSem, t: Task, write: boolean): Promise<void> {
     if (typeof r !== 'number') await r;
     Atomics.sub(w, s.at + WAITERS, 1);
   }
-  if (write && Atomics.sub(w, s.at + WRITERS_WAITING, 1) === 1) wakeAll(s, t); // readers held back by us
+  if (write) Atomics.sub(w, s.at + WRITERS_WAITING, 1); // up_write wakes the readers we held back
 }
 
 function wakeAll(s: RwSem, t: Task): void {
