@@ -38,6 +38,11 @@ const H_INV_START = 8 + OBJ_HEADER;
 const HEADER = 8 + 2 * OBJ_HEADER;
 const EDGE_WORDS = 4; // from, to, task, event seq
 
+// TaskL has more fields than V8 keeps in fast mode, so `TaskL.x` is a dictionary lookup:
+// the per-acquire paths read the offsets once, here.
+const T_DEPTH = TaskL.depth;
+const T_HELD = TaskL.held;
+
 export class Lockdep {
   private readonly w: Int32Array;
   private readonly hdr: number;
@@ -140,21 +145,26 @@ export class Lockdep {
     const w = this.w;
     if (w[this.hdr + H_ENABLED] === 0) return;
     const b = t.base;
-    const depth = w[b + TaskL.depth];
+    const depth = w[b + T_DEPTH];
     const cls = w[lock + OBJ_CLASS];
+    // a trylock cannot deadlock: it adds no dependency and is not checked for recursion
     if ((flags & LD_TRYLOCK) === 0) {
       for (let i = depth - 1; i >= 0; i--) {
         const e = b + TaskL.held + i * HELD_WORDS;
-        const hc = w[e + HELD_CLASS];
-        if (hc === cls) {
-          const hf = w[e + HELD_FLAGS];
-          const bothRecursive = (flags & LD_RECURSIVE) !== 0 && (hf & LD_READ) !== 0;
-          if (!bothRecursive && hf >> LD_SUBCLASS_SHIFT === flags >> LD_SUBCLASS_SHIFT) this.reportRecursion(t, lock, w[e + HELD_LOCK]);
-          continue;
-        }
-        // a recursive reader never waits, so nothing orders before it
-        if ((flags & LD_RECURSIVE) === 0 && w[this.matrix + hc * this.maxClasses + cls] === 0) {
-          this.addEdge(t, hc, cls, w[e + HELD_LOCK], lock);
+        if (w[e + HELD_CLASS] !== cls) continue;
+        const hf = w[e + HELD_FLAGS];
+        const bothRecursive = (flags & LD_RECURSIVE) !== 0 && (hf & LD_READ) !== 0;
+        if (!bothRecursive && hf >> LD_SUBCLASS_SHIFT === flags >> LD_SUBCLASS_SHIFT) this.reportRecursion(t, lock, w[e + HELD_LOCK]);
+      }
+      // check_prevs_add: an edge from the top held lock, and on down through trylocked ones;
+      // the first lock taken normally already has edges to everything below it.
+      // A recursive reader never waits, so nothing orders before it.
+      if ((flags & LD_RECURSIVE) === 0) {
+        for (let i = depth - 1; i >= 0; i--) {
+          const e = b + TaskL.held + i * HELD_WORDS;
+          const hc = w[e + HELD_CLASS];
+          if (hc !== cls && w[this.matrix + hc * this.maxClasses + cls] === 0) this.addEdge(t, hc, cls, w[e + HELD_LOCK], lock);
+          if ((w[e + HELD_FLAGS] & LD_TRYLOCK) === 0) break;
         }
       }
     }
@@ -162,11 +172,11 @@ export class Lockdep {
       splat(this.k, 'lockdep_depth', `BUG: MAX_LOCK_DEPTH too low! ${t.name}/${t.id} holds ${depth} locks`);
       return;
     }
-    const e = b + TaskL.held + depth * HELD_WORDS;
+    const e = b + T_HELD + depth * HELD_WORDS;
     w[e + HELD_LOCK] = lock;
     w[e + HELD_CLASS] = cls;
     w[e + HELD_FLAGS] = flags;
-    w[b + TaskL.depth] = depth + 1;
+    w[b + T_DEPTH] = depth + 1;
     this.k.events.emit(EV.LOCK, t.id, lock, cls, flags);
   }
 
@@ -175,12 +185,12 @@ export class Lockdep {
     const w = this.w;
     if (w[this.hdr + H_ENABLED] === 0) return;
     const b = t.base;
-    const depth = w[b + TaskL.depth];
+    const depth = w[b + T_DEPTH];
     for (let i = depth - 1; i >= 0; i--) {
-      const e = b + TaskL.held + i * HELD_WORDS;
+      const e = b + T_HELD + i * HELD_WORDS;
       if (w[e + HELD_LOCK] !== lock) continue;
-      w.copyWithin(e, e + HELD_WORDS, b + TaskL.held + depth * HELD_WORDS);
-      w[b + TaskL.depth] = depth - 1;
+      w.copyWithin(e, e + HELD_WORDS, b + T_HELD + depth * HELD_WORDS);
+      w[b + T_DEPTH] = depth - 1;
       this.k.events.emit(EV.UNLOCK, t.id, lock, w[lock + OBJ_CLASS], 0);
       return;
     }
@@ -195,9 +205,9 @@ export class Lockdep {
   /** Is `lock` in t's held stack? (false when lockdep is off: callers treat that as unknown) */
   held(t: Task, lock: number, readOk = true): boolean {
     const w = this.w;
-    const depth = w[t.base + TaskL.depth];
+    const depth = w[t.base + T_DEPTH];
     for (let i = 0; i < depth; i++) {
-      const e = t.base + TaskL.held + i * HELD_WORDS;
+      const e = t.base + T_HELD + i * HELD_WORDS;
       if (w[e + HELD_LOCK] === lock && (readOk || (w[e + HELD_FLAGS] & LD_READ) === 0)) return true;
     }
     return false;
