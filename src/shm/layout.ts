@@ -23,5 +23,7 @@ export function defineStruct<F extends FieldSpec>(name: string, fields: F): Stru
     off += words;
   }
   out.$size = off + (off & 1);
-  return Object.freeze(out) as Struct<F>;
+  // A copy: the object built field by field and then frozen would stay in V8's dictionary
+  // mode, and hot paths read these offsets on every access.
+  return Object.freeze({ ...out }) as Struct<F>;
 }
