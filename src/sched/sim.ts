@@ -118,6 +118,8 @@ export class SimScheduler implements Scheduler, Runner {
       this.nextChange++;
     }
     if (this.runq.length < 2) return undefined;
+    // preemption is disabled: spinlock held or preempt_disable()
+    if (this.w[cur.base + TaskL.preempt] > 0) return undefined;
     const next = this.pick();
     if (next === cur) return undefined;
     const p = this.park(cur);

@@ -142,29 +142,34 @@ export class Lockdep {
   /** lock_acquire: validate and push. Called before a lock may block, so an inversion is
    *  reported even when this run would have deadlocked right after. */
   acquire(t: Task, lock: number, flags: number): void {
+    // small enough for V8 to inline into every lock's fast path; the body stays out of line
+    if (this.w[this.hdr + H_ENABLED] !== 0) this.__lock_acquire(t, lock, flags);
+  }
+
+  private __lock_acquire(t: Task, lock: number, flags: number): void {
     const w = this.w;
-    if (w[this.hdr + H_ENABLED] === 0) return;
     const b = t.base;
     const depth = w[b + T_DEPTH];
     const cls = w[lock + OBJ_CLASS];
     // a trylock cannot deadlock: it adds no dependency and is not checked for recursion
     if ((flags & LD_TRYLOCK) === 0) {
       for (let i = depth - 1; i >= 0; i--) {
-        const e = b + TaskL.held + i * HELD_WORDS;
+        const e = b + T_HELD + i * HELD_WORDS;
         if (w[e + HELD_CLASS] !== cls) continue;
         const hf = w[e + HELD_FLAGS];
         const bothRecursive = (flags & LD_RECURSIVE) !== 0 && (hf & LD_READ) !== 0;
         if (!bothRecursive && hf >> LD_SUBCLASS_SHIFT === flags >> LD_SUBCLASS_SHIFT) this.reportRecursion(t, lock, w[e + HELD_LOCK]);
       }
-      // check_prevs_add: an edge from the top held lock, and on down through trylocked ones;
-      // the first lock taken normally already has edges to everything below it.
+      // check_prevs_add: an edge from the top held lock, and on down through trylocked ones
+      // and recursive readers (neither added edges of its own when taken); the first lock
+      // taken normally already has edges to everything below it.
       // A recursive reader never waits, so nothing orders before it.
       if ((flags & LD_RECURSIVE) === 0) {
         for (let i = depth - 1; i >= 0; i--) {
-          const e = b + TaskL.held + i * HELD_WORDS;
+          const e = b + T_HELD + i * HELD_WORDS;
           const hc = w[e + HELD_CLASS];
           if (hc !== cls && w[this.matrix + hc * this.maxClasses + cls] === 0) this.addEdge(t, hc, cls, w[e + HELD_LOCK], lock);
-          if ((w[e + HELD_FLAGS] & LD_TRYLOCK) === 0) break;
+          if ((w[e + HELD_FLAGS] & (LD_TRYLOCK | LD_RECURSIVE)) === 0) break;
         }
       }
     }
@@ -182,8 +187,11 @@ export class Lockdep {
 
   /** lock_release: pop the entry (in any order, as the kernel allows). */
   release(t: Task, lock: number): void {
+    if (this.w[this.hdr + H_ENABLED] !== 0) this.__lock_release(t, lock);
+  }
+
+  private __lock_release(t: Task, lock: number): void {
     const w = this.w;
-    if (w[this.hdr + H_ENABLED] === 0) return;
     const b = t.base;
     const depth = w[b + T_DEPTH];
     for (let i = depth - 1; i >= 0; i--) {

@@ -14,6 +14,11 @@ import { LD_SUBCLASS_SHIFT, LD_TRYLOCK, initObj } from './lockdep.js';
 
 export const MUTEX_WORDS = 4;
 
+// TaskL has more fields than V8 keeps in fast mode, so `TaskL.x` is a dictionary lookup:
+// hot paths read the offsets once, here.
+const T_PREEMPT = TaskL.preempt;
+const T_NON_BLOCK = TaskL.nonBlock;
+
 export class Mutex extends LockObj {}
 
 export function mutex_init(k: Kernel, at: number, name: string, className?: string): Mutex {
@@ -29,7 +34,7 @@ export function mutex_lock(m: Mutex): Promise<void> | undefined {
 export function mutex_lock_nested(m: Mutex, subclass: number): Promise<void> | undefined {
   const t = current;
   const w = t.k.arena.i32;
-  if ((w[t.base + TaskL.preempt] | w[t.base + TaskL.nonBlock]) !== 0) might_sleep('mutex_lock');
+  if ((w[t.base + T_PREEMPT] | w[t.base + T_NON_BLOCK]) !== 0) might_sleep('mutex_lock');
   t.k.lockdep.acquire(t, m.at, subclass << LD_SUBCLASS_SHIFT);
   const p = t.k.sched.point();
   if (p !== undefined) return p.then(() => acquire(m, t));
@@ -72,7 +77,12 @@ export function mutex_unlock(m: Mutex): void {
   const owner = w[m.at + OBJ_OWNER];
   if (owner !== t.id + 1) {
     splat(t.k, 'bad_unlock', `DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current): ${objLabel(t.k, m.at)} unlocked by ${t.name}/${t.id}, owner ${owner ? taskLabel(t.k, owner - 1) : 'none'}`);
-    if (owner === 0 && Atomics.load(w, m.at) === 0) return; // not locked at all: leave it alone
+    if (owner === 0 && Atomics.load(w, m.at) === 0) {
+      // not locked at all: leave it alone, but drop current's lockdep entry if it has one
+      // (someone else unlocked the mutex it took), as the kernel's lock_release comes first
+      if (t.k.lockdep.held(t, m.at)) t.k.lockdep.release(t, m.at);
+      return;
+    }
   }
   w[m.at + OBJ_OWNER] = 0;
   t.k.lockdep.release(t, m.at);

@@ -45,7 +45,9 @@ export function spin_unlock(l: Spinlock): void {
   const t = current;
   const w = l.w;
   if (w[l.at + OBJ_OWNER] !== t.id + 1) {
-    splat(t.k, 'bad_unlock', `BUG: spinlock wrong owner on CPU: ${objLabel(t.k, l.at)} unlocked by ${t.name}/${t.id}, owner ${w[l.at + OBJ_OWNER] ? taskLabel(t.k, w[l.at + OBJ_OWNER] - 1) : 'none'}`);
+    const held = Atomics.load(w, l.at) !== 0;
+    splat(t.k, 'bad_unlock', `BUG: spinlock ${held ? 'wrong owner' : 'already unlocked'} on CPU: ${objLabel(t.k, l.at)} unlocked by ${t.name}/${t.id}, owner ${w[l.at + OBJ_OWNER] ? taskLabel(t.k, w[l.at + OBJ_OWNER] - 1) : 'none'}`);
+    if (!held) return; // nothing to release: leave the lock and the preempt count alone
   }
   w[l.at + OBJ_OWNER] = 0;
   t.k.lockdep.release(t, l.at);

@@ -1,6 +1,7 @@
 // SRCU: sleepable RCU. Readers bump the counter of the current index; synchronize_srcu()
-// flips the index twice and waits for each side to drain, so a reader that read the index
-// before a flip and counted itself after it is still waited for. mmu notifier callbacks run
+// drains the inactive side (a reader that read the index before a flip and counted itself
+// after it), flips, and drains the side that was current, so readers that come later are
+// not waited for. mmu notifier callbacks run
 // inside an SRCU read section; unregister waits here for callbacks in flight.
 // Lockdep sees the read side as a recursive read and synchronize as a write, so
 // synchronize_srcu() inside its own read section, or under a lock a reader takes, is reported.
@@ -62,10 +63,14 @@ export async function synchronize_srcu(s: SrcuStruct): Promise<void> {
   t.k.lockdep.acquire(t, s.at, 0);
   t.k.lockdep.release(t, s.at);
   await mutex_lock(s.gp);
-  for (let flip = 0; flip < 2; flip++) {
-    const old = Atomics.load(s.w, s.at + IDX) & 1;
-    Atomics.store(s.w, s.at + IDX, old ^ 1);
-    const drained = () => Atomics.load(s.w, s.at + CTR + old) === 0;
+  // As the kernel's __synchronize_srcu: wait out stragglers on the inactive index (readers
+  // that read the index before an earlier flip), flip, then wait for the index that was
+  // current when this grace period began. Readers that start after the flip count on the
+  // new index and are not waited for.
+  const cur = Atomics.load(s.w, s.at + IDX) & 1;
+  for (const side of [cur ^ 1, cur]) {
+    if (side === cur) Atomics.store(s.w, s.at + IDX, cur ^ 1);
+    const drained = () => Atomics.load(s.w, s.at + CTR + side) === 0;
     if (!drained()) await waitSlow(s.wq, t, drained, Infinity, WK.srcu);
   }
   mutex_unlock(s.gp);
