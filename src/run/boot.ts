@@ -12,8 +12,10 @@ import { setCurrent } from '../sched/current.js';
 import { defaultKernelConfig, type Kernel, type KernelConfig } from '../sched/kernel.js';
 import type { Scheduler } from '../sched/scheduler.js';
 import { planSim } from '../sched/sim.js';
+import { planThreads } from '../sched/threads.js';
 import { TaskTable } from '../sched/task.js';
 import { Lockdep } from '../sync/lockdep.js';
+import { Zone, defaultMemConfig } from '../mm/page_alloc.js';
 
 export type BootConfig = Partial<KernelConfig>;
 
@@ -24,6 +26,7 @@ class KernelInstance implements Kernel {
   readonly tasks: TaskTable;
   readonly kmalloc: Kmalloc;
   readonly lockdep: Lockdep;
+  readonly zone: Zone;
   sched: Scheduler = new BootScheduler();
 
   constructor(
@@ -36,11 +39,12 @@ class KernelInstance implements Kernel {
     this.tasks = new TaskTable(this, arena, this.strings);
     this.kmalloc = new Kmalloc(arena, config.kmalloc);
     this.lockdep = new Lockdep(this, arena);
+    this.zone = new Zone(arena, config.mem);
   }
 }
 
 export function resolveConfig(cfg: BootConfig = {}): KernelConfig {
-  const c = { ...defaultKernelConfig, ...cfg };
+  const c = { ...defaultKernelConfig, mem: defaultMemConfig, ...cfg };
   for (const key of ['maxTasks', 'lockClasses', 'lockdepEdges', 'eventRecords', 'klogBytes', 'strings', 'stringBytes'] as const) {
     const v = c[key];
     if (!Number.isInteger(v) || v < 1) throw new RangeError(`kernel config: ${key} must be a whole number >= 1, got ${String(v)}`);
@@ -57,6 +61,8 @@ export function planKernel(c: KernelConfig): ArenaLayout {
   Kmalloc.plan(plan, c.kmalloc);
   Lockdep.plan(plan, c.lockClasses + 1, c.lockdepEdges);
   planSim(plan);
+  planThreads(plan);
+  Zone.plan(plan, c.mem);
   return plan.layout();
 }
 
@@ -69,6 +75,7 @@ export function bootKernel(cfg: BootConfig = {}): Kernel {
   TaskTable.init(arena, c.maxTasks);
   Kmalloc.init(arena, c.kmalloc);
   Lockdep.init(arena, c.lockClasses + 1, c.lockdepEdges, c.lockdep);
+  Zone.init(arena, c.mem);
   const k = new KernelInstance(c, arena);
   k.lockdep.initMaps();
   setCurrent(k.tasks.boot());

@@ -11,7 +11,8 @@ import type { StringTable } from '../shm/strings.js';
 import type { Scheduler } from './scheduler.js';
 import type { TaskTable } from './task.js';
 
-export interface KernelConfig {
+/** The config fields of the foundation layers; later layers add theirs to KernelConfig. */
+export interface BaseKernelConfig {
   /** most tasks alive at once */
   maxTasks: number;
   /** lockdep lock classes */
@@ -30,7 +31,10 @@ export interface KernelConfig {
   kmalloc: KmallocConfig;
 }
 
-export const defaultKernelConfig: KernelConfig = {
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface KernelConfig extends BaseKernelConfig {}
+
+export const defaultKernelConfig: BaseKernelConfig = {
   maxTasks: 64,
   lockClasses: 256,
   lockdepEdges: 4096,

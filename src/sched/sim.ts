@@ -350,12 +350,13 @@ export class SimScheduler implements Scheduler, Runner {
       this.timerOf.delete(t);
     }
     Atomics.store(w, t.base + TaskL.state, TASK_RUNNABLE);
+    const word = w[t.base + TaskL.waitWord];
     w[t.base + TaskL.waitWord] = -1;
     w[t.base + TaskL.waitTimed] = 0;
     w[t.base + TaskL.progress]++;
     t.wakeResult = result;
     this.runq.push(t);
-    this.k.events.emit(result === WAIT_TIMED_OUT ? EV.TIMEOUT : EV.WAKE, t.id, current ? current.id : 0, 0, 0);
+    this.k.events.emit(result === WAIT_TIMED_OUT ? EV.TIMEOUT : EV.WAKE, t.id, current ? current.id : 0, word, 0);
   }
 
   private addTimer(t: Task, at: number, word: number): void {

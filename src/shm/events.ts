@@ -28,7 +28,7 @@ export const EV = {
   EXIT: 2,
   SWITCH: 3, // a = from task, b = to task
   BLOCK: 4, // a = word, b = expected
-  WAKE: 5, // a = woken task, b = word
+  WAKE: 5, // task = the woken task, b = word (a = the waker under sim)
   TIMER: 6, // a = task whose timer fired
   LOCK: 7, // a = lock, b = class
   UNLOCK: 8,

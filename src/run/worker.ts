@@ -1,0 +1,70 @@
+// The `threads` task bootstrap, run inside a Piscina worker: attach to the kernel's arena,
+// become the task, run its function to the end, and record how it ended in the arena where
+// the main thread's watchdog and any joiner can see it.
+
+import { fileURLToPath } from 'node:url';
+import type { MessagePort } from 'node:worker_threads';
+import type { ArenaLayout } from '../shm/arena.js';
+import { EV } from '../shm/events.js';
+import { allowParking } from '../shm/rawlock.js';
+import { setCurrent } from '../sched/current.js';
+import type { KernelConfig } from '../sched/kernel.js';
+import type { TaskFn, TaskSpec } from '../sched/scheduler.js';
+import { moduleUrl } from '../sched/sim.js';
+import { splat } from '../sched/splat.js';
+import { TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskL, type Task } from '../sched/task.js';
+import { ThreadsScheduler } from '../sched/threads.js';
+import { attachKernel } from './boot.js';
+
+/** What the main thread submits to the pool for one task. */
+export interface TaskPayload {
+  sab: SharedArrayBuffer;
+  layout: ArenaLayout;
+  config: KernelConfig;
+  task: number;
+  spec: TaskSpec;
+  /** carries this task's spawns to the main thread */
+  port: MessagePort;
+}
+
+export async function runTaskInWorker(p: TaskPayload): Promise<void> {
+  const k = attachKernel(p.sab, p.layout, p.config);
+  allowParking();
+  const t = k.tasks.get(p.task);
+  k.sched = new ThreadsScheduler(k, t, p.port);
+  setCurrent(t);
+  try {
+    const mod = await loadModule(p.spec.module!);
+    const fn = mod[p.spec.fn as string];
+    if (typeof fn !== 'function') throw new TypeError(`task '${p.spec.name}': module ${p.spec.module} has no function export '${String(p.spec.fn)}'`);
+    await (fn as TaskFn)({ k, task: t, args: p.spec.args });
+  } catch (e) {
+    splat(k, 'task_failed', `task ${t} failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    exit(t, TASK_FAILED);
+    throw e;
+  }
+  exit(t, TASK_EXITED);
+}
+
+/**
+ * Piscina loads the entry with require() first, so run from source under tsx this whole
+ * worker side is CommonJS (and Node 20 gives workers no ESM hooks for .ts anyway). A task
+ * module imported as ESM would then get its own copies of `current` and the sync layer:
+ * load it the way this module was loaded.
+ */
+async function loadModule(m: string): Promise<Record<string, unknown>> {
+  const url = moduleUrl(m);
+  if (typeof require === 'function') return require(url.startsWith('file:') ? fileURLToPath(url) : url) as Record<string, unknown>;
+  return (await import(url)) as Record<string, unknown>;
+}
+
+function exit(t: Task, state: number): void {
+  const k = t.k;
+  const w = k.arena.i32;
+  const depth = w[t.base + TaskL.depth];
+  if (depth > 0) splat(k, 'lock_held_at_exit', `BUG: task ${t} exited with ${depth} lock(s) held`);
+  // an aborted task stays aborted
+  Atomics.compareExchange(w, t.base + TaskL.state, TASK_RUNNABLE, state);
+  k.events.emit(EV.EXIT, t.id, state, 0, 0);
+  Atomics.notify(w, t.base + TaskL.state, Infinity); // joiners
+}
