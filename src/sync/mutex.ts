@@ -33,12 +33,17 @@ export function mutex_lock(m: Mutex): Promise<void> | undefined {
 /** mutex_lock_nested: a subclass tells lockdep two locks of one class nest on purpose. */
 export function mutex_lock_nested(m: Mutex, subclass: number): Promise<void> | undefined {
   const t = current;
-  const w = t.k.arena.i32;
+  const w = m.w;
+  const k = t.k;
   if ((w[t.base + T_PREEMPT] | w[t.base + T_NON_BLOCK]) !== 0) might_sleep('mutex_lock');
-  t.k.lockdep.acquire(t, m.at, subclass << LD_SUBCLASS_SHIFT);
-  const p = t.k.sched.point();
+  k.lockdep.acquire(t, m.at, subclass << LD_SUBCLASS_SHIFT);
+  const p = k.sched.point();
   if (p !== undefined) return p.then(() => acquire(m, t));
-  return acquire(m, t);
+  if (Atomics.compareExchange(w, m.at, 0, 1) === 0) {
+    w[m.at + OBJ_OWNER] = t.id + 1;
+    return undefined;
+  }
+  return lockSlow(m, t);
 }
 
 function acquire(m: Mutex, t: Task): Promise<void> | undefined {

@@ -1,0 +1,48 @@
+// Run one benchmark in this process and print its figures as one JSON line on stdout.
+// run.ts starts a fresh process per benchmark so one benchmark's JIT state (inline caches,
+// deopts) cannot move another's figures; each entry loads only its own module.
+
+import { round } from './measure.js';
+
+const BENCHES: Record<string, () => Promise<Record<string, number>>> = {
+  // the lock's own cost, as a task under `threads` pays it (no exploration point)
+  async mutex() {
+    const { benchMutexUncontended } = await import('./mutex.js');
+    const r = await benchMutexUncontended({ lockdep: false, point: 'none' });
+    return { mutex_uncontended_ns: round(r.ns), raw_atomics_lock_unlock_ns: round(r.floorNs) };
+  },
+  // the same inside a `sim` task: every mutex_lock is also one of sim's scheduling steps
+  async mutex_sim() {
+    const { benchMutexUncontended } = await import('./mutex.js');
+    const r = await benchMutexUncontended({ lockdep: false, point: 'sim' });
+    return { mutex_uncontended_sim_ns: round(r.ns) };
+  },
+  async mutex_lockdep() {
+    const { benchMutexUncontended } = await import('./mutex.js');
+    const r = await benchMutexUncontended({ lockdep: true, point: 'sim' });
+    return { mutex_uncontended_lockdep_ns: round(r.ns) };
+  },
+  async sim() {
+    const { benchSimSchedPoints } = await import('./sim.js');
+    const r = await benchSimSchedPoints();
+    return { sim_sched_points_per_s: Math.round(r.pointsPerS), sim_steps_per_run: r.stepsPerRun };
+  },
+  async sim_speed() {
+    const { benchSimSchedPoints } = await import('./sim.js');
+    const r = await benchSimSchedPoints({ lockdep: false, events: false });
+    return { sim_sched_points_per_s_speed: Math.round(r.pointsPerS) };
+  },
+  async threads() {
+    const { benchThreadsHandoff } = await import('./threads_handoff.js');
+    const r = await benchThreadsHandoff();
+    return { threads_mutex_handoff_p50_us: r.threads_mutex_handoff_p50_us, raw_atomics_handoff_p50_us: r.raw_atomics_handoff_p50_us };
+  },
+};
+
+const name = process.argv[2] ?? '';
+const bench = BENCHES[name];
+if (!bench) {
+  process.stderr.write(`bench: no benchmark '${name}' (have: ${Object.keys(BENCHES).join(', ')})\n`);
+  process.exit(2);
+}
+process.stdout.write(JSON.stringify(await bench()) + '\n');
