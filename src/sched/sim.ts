@@ -11,7 +11,7 @@ import type { Kernel } from './kernel.js';
 import { Prng } from './prng.js';
 import { blockedReport } from './report.js';
 import { WAIT_NOT_EQUAL, WAIT_OK, WAIT_TIMED_OUT, taskSpecError, type RunResult, type RunStatus, type Runner, type Scheduler, type TaskFn, type TaskSpec, type WaitResult } from './scheduler.js';
-import { splat } from './splat.js';
+import { check_scheduling_while_atomic, splat } from './splat.js';
 import { TASK_BLOCKED, TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskExit, TaskL, WK, type Task } from './task.js';
 
 export interface SimOptions {
@@ -131,7 +131,7 @@ export class SimScheduler implements Scheduler, Runner {
     if (this.finished) return NEVER;
     if (Atomics.load(this.w, idx) !== expected) return WAIT_NOT_EQUAL;
     const cur = current;
-    this.checkAtomic(cur);
+    check_scheduling_while_atomic(this.k, cur);
     this.block(cur, idx, expected);
     let list = this.waiters.get(idx);
     if (!list) this.waiters.set(idx, (list = []));
@@ -159,7 +159,7 @@ export class SimScheduler implements Scheduler, Runner {
     if (!(ns > 0)) return this.point();
     if (this.finished) return NEVER;
     const cur = current;
-    this.checkAtomic(cur);
+    check_scheduling_while_atomic(this.k, cur);
     this.block(cur, -1, 0);
     this.w[cur.base + TaskL.waitKind] = WK.sleep;
     this.w[cur.base + TaskL.waitTimed] = 1;
@@ -391,15 +391,6 @@ export class SimScheduler implements Scheduler, Runner {
     }
   }
 
-  /** The scheduler refuses (reports) a sleep from atomic context, as schedule() does. */
-  private checkAtomic(cur: Task): void {
-    const w = this.w;
-    const pc = w[cur.base + TaskL.preempt];
-    const nb = w[cur.base + TaskL.nonBlock];
-    if (pc > 0 || nb > 0) {
-      splat(this.k, 'scheduling_while_atomic', `BUG: scheduling while atomic: ${cur.name}/${cur.id}/0x${pc.toString(16).padStart(8, '0')} non_block: ${nb}`);
-    }
-  }
 
   private finish(status: RunStatus, headline: string | null): void {
     if (this.finished) return;

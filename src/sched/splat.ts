@@ -4,6 +4,7 @@
 import { EV } from '../shm/events.js';
 import { current } from './current.js';
 import type { Kernel } from './kernel.js';
+import { TaskL, type Task } from './task.js';
 
 export function splat(k: Kernel, kind: string, text: string): number {
   const t = current;
@@ -11,4 +12,14 @@ export function splat(k: Kernel, kind: string, text: string): number {
   const idx = k.klog.write(kind, id, k.sched.now(), text);
   k.events.emit(EV.VIOLATION, id, idx, 0, 0);
   return idx;
+}
+
+/** schedule()'s check, in both schedulers: report (and then allow) a sleep from atomic context. */
+export function check_scheduling_while_atomic(k: Kernel, t: Task): void {
+  const w = k.arena.i32;
+  const pc = w[t.base + TaskL.preempt];
+  const nb = w[t.base + TaskL.nonBlock];
+  if (pc > 0 || nb > 0) {
+    splat(k, 'scheduling_while_atomic', `BUG: scheduling while atomic: ${t.name}/${t.id}/0x${pc.toString(16).padStart(8, '0')} non_block: ${nb}`);
+  }
 }

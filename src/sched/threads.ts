@@ -11,7 +11,7 @@ import { EV } from '../shm/events.js';
 import { defineStruct } from '../shm/layout.js';
 import type { Kernel } from './kernel.js';
 import { WAIT_NOT_EQUAL, WAIT_OK, WAIT_TIMED_OUT, taskSpecError, type Scheduler, type TaskSpec, type WaitResult } from './scheduler.js';
-import { splat } from './splat.js';
+import { check_scheduling_while_atomic, splat } from './splat.js';
 import { TASK_BLOCKED, TASK_RUNNABLE, TaskL, WK, type Task } from './task.js';
 
 /** epoch: ms (performance.timeOrigin-based, a Float64) that now() counts from, in every thread;
@@ -90,7 +90,7 @@ export class ThreadsScheduler implements Scheduler {
     const t = this.task;
     const b = t.base;
     // A contended spinlock parks here too; spinning on one inside another is not a sleep.
-    if (w[b + TaskL.waitKind] !== WK.spinlock) this.checkAtomic(t);
+    if (w[b + TaskL.waitKind] !== WK.spinlock) check_scheduling_while_atomic(this.k, t);
     const timed = timeoutNs !== undefined && timeoutNs !== Infinity;
     this.block(t, idx, expected, timed);
     let r: WaitResult = WAIT_OK;
@@ -112,7 +112,7 @@ export class ThreadsScheduler implements Scheduler {
     if (!(ns > 0)) return undefined;
     const w = this.w;
     const t = this.task;
-    this.checkAtomic(t);
+    check_scheduling_while_atomic(this.k, t);
     w[t.base + TaskL.waitKind] = WK.sleep;
     this.block(t, -1, 0, true);
     // nobody notifies the private word: this is a plain timed sleep
@@ -164,13 +164,4 @@ export class ThreadsScheduler implements Scheduler {
     this.k.events.emit(r === WAIT_TIMED_OUT ? EV.TIMEOUT : EV.WAKE, t.id, -1, word, 0); // the waker is unknown here
   }
 
-  /** As sim's: the scheduler reports (and then allows) a sleep from atomic context. */
-  private checkAtomic(cur: Task): void {
-    const w = this.w;
-    const pc = w[cur.base + TaskL.preempt];
-    const nb = w[cur.base + TaskL.nonBlock];
-    if (pc > 0 || nb > 0) {
-      splat(this.k, 'scheduling_while_atomic', `BUG: scheduling while atomic: ${cur.name}/${cur.id}/0x${pc.toString(16).padStart(8, '0')} non_block: ${nb}`);
-    }
-  }
 }
