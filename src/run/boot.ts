@@ -15,7 +15,12 @@ import { planSim } from '../sched/sim.js';
 import { planThreads } from '../sched/threads.js';
 import { TaskTable } from '../sched/task.js';
 import { Lockdep } from '../sync/lockdep.js';
+import { NotifierCore } from '../notifier/subscriptions.js';
+import '../mm/mm_struct.js'; // installs __mmdrop behind mmdrop() in every thread with a kernel
 import { Zone, defaultMemConfig } from '../mm/page_alloc.js';
+import { MmLayer, mmViews } from '../mm/mm_layer.js';
+import type { PageTables } from '../mm/pgtable.js';
+import '../mm/process.js'; // the mm layer's process entry, loadable in every worker
 
 export type BootConfig = Partial<KernelConfig>;
 
@@ -26,7 +31,10 @@ class KernelInstance implements Kernel {
   readonly tasks: TaskTable;
   readonly kmalloc: Kmalloc;
   readonly lockdep: Lockdep;
+  readonly notifier: NotifierCore;
   readonly zone: Zone;
+  readonly pgtables: PageTables;
+  readonly mmLayer: MmLayer;
   sched: Scheduler = new BootScheduler();
 
   constructor(
@@ -39,7 +47,9 @@ class KernelInstance implements Kernel {
     this.tasks = new TaskTable(this, arena, this.strings);
     this.kmalloc = new Kmalloc(arena, config.kmalloc);
     this.lockdep = new Lockdep(this, arena);
+    this.notifier = new NotifierCore(this, arena);
     this.zone = new Zone(arena, config.mem);
+    ({ pgtables: this.pgtables, mmLayer: this.mmLayer } = mmViews(arena, config));
   }
 }
 
@@ -61,8 +71,10 @@ export function planKernel(c: KernelConfig): ArenaLayout {
   Kmalloc.plan(plan, c.kmalloc);
   Lockdep.plan(plan, c.lockClasses + 1, c.lockdepEdges);
   planSim(plan);
+  NotifierCore.plan(plan);
   planThreads(plan);
   Zone.plan(plan, c.mem);
+  MmLayer.plan(plan, c);
   return plan.layout();
 }
 
@@ -76,8 +88,10 @@ export function bootKernel(cfg: BootConfig = {}): Kernel {
   Kmalloc.init(arena, c.kmalloc);
   Lockdep.init(arena, c.lockClasses + 1, c.lockdepEdges, c.lockdep);
   Zone.init(arena, c.mem);
+  MmLayer.init(arena, c);
   const k = new KernelInstance(c, arena);
   k.lockdep.initMaps();
+  NotifierCore.init(k, c.notifierPolicy);
   setCurrent(k.tasks.boot());
   return k;
 }
