@@ -5,6 +5,7 @@
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ThreadsRunner, type ThreadsOptions } from '../src/run/threads.js';
+import { SimScheduler } from '../src/sched/sim.js';
 import { current } from '../src/sched/current.js';
 import type { Kernel } from '../src/sched/kernel.js';
 import type { RunResult } from '../src/sched/scheduler.js';
@@ -169,6 +170,21 @@ describe('threads: task lifecycle', () => {
     expect(failed).toHaveLength(1);
     expect(failed[0].task).toBe(bad.id);
     expect(failed[0].text).toMatch(/thrower.*boom from a task[\s\S]*threads_tasks\.ts/);
+  });
+
+  it('do_exit() ends a task normally with its exit code, under threads as under sim', async () => {
+    for (const scheduler of ['threads', 'sim'] as const) {
+      const k = boot();
+      const word = alloc(k, 2);
+      const r = scheduler === 'threads' ? new ThreadsRunner(k, OPTS) : new SimScheduler(k, { seed: 1 });
+      const t = r.spawn({ name: 'exiter', module: MOD, fn: 'exitsEarly', args: { word } });
+      const res = await r.run();
+      expect(res.status, scheduler).toBe('done');
+      expect(res.failed, scheduler).toHaveLength(0);
+      expect(t.state, scheduler).toBe(TASK_EXITED);
+      expect(k.arena.i32[t.base + TaskL.exitCode], scheduler).toBe(7);
+      expect(k.arena.i32[word], scheduler).toBe(1);
+    }
   });
 
   it('a task spawns a task from inside its worker', async () => {

@@ -12,7 +12,7 @@ import type { KernelConfig } from '../sched/kernel.js';
 import type { TaskFn, TaskSpec } from '../sched/scheduler.js';
 import { moduleUrl } from '../sched/sim.js';
 import { splat } from '../sched/splat.js';
-import { TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskL, type Task } from '../sched/task.js';
+import { TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskExit, TaskL, type Task } from '../sched/task.js';
 import { ThreadsScheduler } from '../sched/threads.js';
 import { attachKernel } from './boot.js';
 
@@ -39,6 +39,12 @@ export async function runTaskInWorker(p: TaskPayload): Promise<void> {
     if (typeof fn !== 'function') throw new TypeError(`task '${p.spec.name}': module ${p.spec.module} has no function export '${String(p.spec.fn)}'`);
     await (fn as TaskFn)({ k, task: t, args: p.spec.args });
   } catch (e) {
+    if (e instanceof TaskExit) {
+      // do_exit(): a normal end with an exit code, as under sim
+      k.arena.i32[t.base + TaskL.exitCode] = e.code;
+      exit(t, TASK_EXITED);
+      return;
+    }
     splat(k, 'task_failed', `task ${t} failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
     exit(t, TASK_FAILED);
     throw e;
