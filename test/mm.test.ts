@@ -829,9 +829,8 @@ describe("the page size is the kernel's", () => {
   for (const pageSize of [1024, 16384]) {
     it(`${pageSize}-byte pages: mappings, faults, fork and teardown follow it`, async () => {
       const cfg: BootConfig = { ...CFG, mem: { pages: 256, pageSize } };
-      // the notifier core checks range alignment against the 4096-byte PAGE_SIZE constant of
-      // types.ts, so ranges of smaller pages are reported there (not refused)
-      const allow = pageSize < 4096 ? ['notifier_bad_range'] : [];
+      // every layer, the notifier core's range checks included, uses the kernel's page size
+      const allow: string[] = [];
       await runProcess(13, async ({ k, mm }) => {
         expect(k.mmLayer.pageSize).toBe(pageSize);
         const a = await n(vm_mmap(mm, 0, 3 * pageSize + 1, RW, PRIV));

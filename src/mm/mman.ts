@@ -1,5 +1,6 @@
-// include/uapi/asm-generic/mman-common.h and mman.h: the mmap/mprotect/madvise/mremap ABI,
-// with the two errno values these syscalls return that src/shm/errno.ts does not list yet.
+// include/uapi/asm-generic/mman-common.h and mman.h: the mmap/mprotect/madvise/mremap ABI.
+
+export { EACCES, EBADF } from '../shm/errno.js';
 
 export const PROT_NONE = 0x0;
 export const PROT_READ = 0x1;
@@ -29,6 +30,3 @@ export const MREMAP_MAYMOVE = 1;
 export const MREMAP_FIXED = 2;
 export const MREMAP_DONTUNMAP = 4;
 
-/** errno-base.h values not (yet) in src/shm/errno.ts */
-export const EBADF = 9;
-export const EACCES = 13;

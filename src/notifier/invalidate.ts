@@ -12,7 +12,7 @@ import { splat } from '../sched/splat.js';
 import { EINVAL } from '../shm/errno.js';
 import { might_sleep } from '../sync/context.js';
 import { lock_map_acquire, lock_map_release } from '../sync/lockdep_api.js';
-import { MmL, PAGE_ALIGNED, ULONG_MAX, is_ulong, mmLabel } from '../mm/types.js';
+import { MmL, ULONG_MAX, is_ulong, mmLabel } from '../mm/types.js';
 import { drive } from './drive.js';
 import { mn_itree_inv_end, mn_itree_invalidate, mn_itree_release } from './interval.js';
 import { mn_hlist_invalidate_end, mn_hlist_invalidate_range_start, mn_hlist_release } from './mmu_notifier.js';
@@ -43,7 +43,8 @@ function checkRange(core: NotifierCore, range: MmuNotifierRange): boolean {
     splat(k, NK.badRange, `mmu_notifier: bad range [${start}, ${end}) on ${mmLabel(mm)}: start and end must be unsigned longs with start < end (end exclusive, at most ULONG_MAX): refused`);
     return false;
   }
-  if (!PAGE_ALIGNED(start) || (end !== ULONG_MAX && !PAGE_ALIGNED(end))) {
+  const ps = k.config.mem.pageSize; // the kernel's page size, not the 4096 default
+  if (start % ps !== 0 || (end !== ULONG_MAX && end % ps !== 0)) {
     splat(k, NK.badRange, `mmu_notifier: range [${hex(start)}, ${hex(end)}) on ${mmLabel(mm)} is not page aligned`);
   }
   return true;

@@ -5,8 +5,10 @@
 export const EPERM = 1;
 export const ENOENT = 2;
 export const EINTR = 4;
+export const EBADF = 9;
 export const EAGAIN = 11;
 export const ENOMEM = 12;
+export const EACCES = 13;
 export const EFAULT = 14;
 export const EBUSY = 16;
 export const EEXIST = 17;
@@ -18,8 +20,10 @@ const NAMES: Record<number, string> = {
   [EPERM]: 'EPERM',
   [ENOENT]: 'ENOENT',
   [EINTR]: 'EINTR',
+  [EBADF]: 'EBADF',
   [EAGAIN]: 'EAGAIN',
   [ENOMEM]: 'ENOMEM',
+  [EACCES]: 'EACCES',
   [EFAULT]: 'EFAULT',
   [EBUSY]: 'EBUSY',
   [EEXIST]: 'EEXIST',
