@@ -32,6 +32,13 @@ const BENCHES: Record<string, () => Promise<Record<string, number>>> = {
     const r = await benchSimSchedPoints({ lockdep: false, events: false });
     return { sim_sched_points_per_s_speed: Math.round(r.pointsPerS) };
   },
+  async fault() {
+    const { benchCpuFault } = await import('./fault.js');
+    const r = await benchCpuFault();
+    // native_fault_per_s is null (with native_note saying why) where there is no C compiler
+    const native = r.native_fault_per_s === null ? null : Math.round(r.native_fault_per_s);
+    return { cpu_fault_per_s: Math.round(r.cpu_fault_per_s), native_fault_per_s: native, ...(r.native_note ? { native_note: r.native_note } : {}) } as unknown as Record<string, number>;
+  },
   async threads() {
     const { benchThreadsHandoff } = await import('./threads_handoff.js');
     const r = await benchThreadsHandoff();

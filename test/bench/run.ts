@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { progress } from './measure.js';
 
 /** in run order; each names an entry of one.ts */
-const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads'];
+const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault'];
 // per benchmark: a hung one must not hold the whole bench much past 2 minutes
 const TIMEOUT_MS = 30_000;
 const THREADS_TIMEOUT_MS = 60_000; // its workers hand off ~50k times
@@ -16,6 +16,7 @@ const THREADS_TIMEOUT_MS = 60_000; // its workers hand off ~50k times
 export const GOALS = {
   mutex_uncontended_ns: { max: 25 },
   sim_sched_points_per_s: { min: 2_000_000 },
+  cpu_fault_per_s: { min: 500_000 },
 } as const;
 
 const ONE = fileURLToPath(new URL('./one.js', import.meta.url));
@@ -46,6 +47,7 @@ const KEYS: Record<string, string[]> = {
   sim: ['sim_sched_points_per_s', 'sim_steps_per_run'],
   sim_speed: ['sim_sched_points_per_s_speed'],
   threads: ['threads_mutex_handoff_p50_us', 'raw_atomics_handoff_p50_us'],
+  fault: ['cpu_fault_per_s', 'native_fault_per_s'],
 };
 
 async function main(): Promise<void> {
