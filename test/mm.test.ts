@@ -861,11 +861,11 @@ describe("the page size is the kernel's", () => {
 
 // ---- threads ------------------------------------------------------------------------------------------
 
-describe('threads: one process, four CPU tasks', () => {
-  it('fault, mprotect, madvise and munmap concurrently; no crash, no leak, every frame accounted for at exit', async () => {
+describe('one process, four CPU tasks, the program named by module export', () => {
+  it.each(['threads', 'sim'] as const)('%s: fault, mprotect, madvise and munmap concurrently; no crash, no leak, every frame accounted for at exit', async (scheduler) => {
     const k = bootKernel({ ...CFG, mem: { pages: 1024, pageSize: P }, mm: { pgtables: 256, vmas: 128, rmapNodes: 2400, shmObjs: 8, procs: 8 } });
     const before = mmUsage(k);
-    const runner = new ThreadsRunner(k, { watchdogMs: 2000, timeoutMs: 45_000 });
+    const runner = scheduler === 'threads' ? new ThreadsRunner(k, { watchdogMs: 2000, timeoutMs: 45_000 }) : new SimScheduler(k, { seed: 5 });
     const w = k.arena.i32;
     const words = k.kmalloc.kzalloc(4);
     const args: StressArgs = { common: words, errors: words + 2, iters: 40, pages: 8, pageSize: P, threads: 4 };

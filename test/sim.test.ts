@@ -616,3 +616,23 @@ describe('The checks 8: a real deadlock ends the run with a wait-for report inst
     expect(r.report).toMatch(/task waiter\/2 blocked in mutex on orphan@[0-9a-f]+, held by holder\/1 \(failed\)/);
   });
 });
+
+describe('the boot context under a sim scheduler (setup before run)', () => {
+  it('takes free locks without being parked, and refuses to sleep with a clear error', async () => {
+    const { bootKernel } = await import('../src/run/boot.js');
+    const { SimScheduler } = await import('../src/sched/sim.js');
+    const { mutex_init, mutex_lock, mutex_unlock } = await import('../src/sync/index.js');
+    const k = bootKernel({});
+    const m = mutex_init(k, k.kmalloc.kzalloc(4), 'setup_lock');
+    const sim = new SimScheduler(k, { seed: 1 });
+    let ran = 0;
+    sim.spawn({ name: 'worker', fn: async () => { await mutex_lock(m); ran++; mutex_unlock(m); } });
+    // boot context, scheduler created, run not started: the fast path must not park us
+    expect(mutex_lock(m)).toBeUndefined();
+    await expect(mutex_lock(m)).rejects.toThrow(/boot context/); // taken: it would have to sleep
+    mutex_unlock(m);
+    const r = await sim.run();
+    expect(r.status).toBe('done');
+    expect(ran).toBe(1);
+  });
+});

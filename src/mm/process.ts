@@ -13,7 +13,7 @@ import { ENOMEM, EINVAL } from '../shm/errno.js';
 import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
 import type { TaskContext, TaskSpec } from '../sched/scheduler.js';
-import { moduleUrl } from '../sched/sim.js';
+import { loadModule, moduleFunction } from '../sched/modules.js';
 import { TaskExit, type Task } from '../sched/task.js';
 import { dup_mmap } from './fork.js';
 import { SIGKILL } from './memory.js';
@@ -156,16 +156,8 @@ export async function process_thread_main(ctx: TaskContext<ThreadArgs>): Promise
   const a = ctx.args;
   entryPath ??= a.entry;
   const mod = await loadModule(a.module);
-  const fn = mod[a.fn];
-  if (typeof fn !== 'function') throw new TypeError(`process program: module ${a.module} has no function export '${a.fn}'`);
-  await process_thread_run(ctx.k, ctx.task, a.pid, a.thread, fn as ProcessFn, a.args);
-}
-
-/** Load a program module the way this module was loaded (see src/run/worker.ts). */
-async function loadModule(m: string): Promise<Record<string, unknown>> {
-  const url = moduleUrl(m);
-  if (typeof require === 'function') return require(url.startsWith('file:') ? fileURLToPath(url) : url) as Record<string, unknown>;
-  return (await import(url)) as Record<string, unknown>;
+  const fn = moduleFunction(mod, a.module, a.fn, 'process program') as ProcessFn;
+  await process_thread_run(ctx.k, ctx.task, a.pid, a.thread, fn, a.args);
 }
 
 /** Run one thread's program, then exit_mm; the last thread makes the process a zombie. */

@@ -2,7 +2,6 @@
 // become the task, run its function to the end, and record how it ended in the arena where
 // the main thread's watchdog and any joiner can see it.
 
-import { fileURLToPath } from 'node:url';
 import type { MessagePort } from 'node:worker_threads';
 import type { ArenaLayout } from '../shm/arena.js';
 import { EV } from '../shm/events.js';
@@ -10,7 +9,7 @@ import { allowParking } from '../shm/rawlock.js';
 import { setCurrent } from '../sched/current.js';
 import type { KernelConfig } from '../sched/kernel.js';
 import type { TaskFn, TaskSpec } from '../sched/scheduler.js';
-import { moduleUrl } from '../sched/sim.js';
+import { loadModule, loadModulesWithRequire, moduleFunction } from '../sched/modules.js';
 import { splat } from '../sched/splat.js';
 import { TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskExit, TaskL, type Task } from '../sched/task.js';
 import { ThreadsScheduler } from '../sched/threads.js';
@@ -27,6 +26,10 @@ export interface TaskPayload {
   port: MessagePort;
 }
 
+// Piscina loads this entry with require() first, so from source under tsx this whole worker
+// side is CommonJS: task modules must come through the same require to share `current`.
+if (typeof require === 'function') loadModulesWithRequire(require);
+
 export async function runTaskInWorker(p: TaskPayload): Promise<void> {
   const k = attachKernel(p.sab, p.layout, p.config);
   allowParking();
@@ -35,9 +38,8 @@ export async function runTaskInWorker(p: TaskPayload): Promise<void> {
   setCurrent(t);
   try {
     const mod = await loadModule(p.spec.module!);
-    const fn = mod[p.spec.fn as string];
-    if (typeof fn !== 'function') throw new TypeError(`task '${p.spec.name}': module ${p.spec.module} has no function export '${String(p.spec.fn)}'`);
-    await (fn as TaskFn)({ k, task: t, args: p.spec.args });
+    const fn = moduleFunction(mod, p.spec.module!, p.spec.fn as string, `task '${p.spec.name}'`) as TaskFn;
+    await fn({ k, task: t, args: p.spec.args });
   } catch (e) {
     if (e instanceof TaskExit) {
       // do_exit(): a normal end with an exit code, as under sim
@@ -50,18 +52,6 @@ export async function runTaskInWorker(p: TaskPayload): Promise<void> {
     throw e;
   }
   exit(t, TASK_EXITED);
-}
-
-/**
- * Piscina loads the entry with require() first, so run from source under tsx this whole
- * worker side is CommonJS (and Node 20 gives workers no ESM hooks for .ts anyway). A task
- * module imported as ESM would then get its own copies of `current` and the sync layer:
- * load it the way this module was loaded.
- */
-async function loadModule(m: string): Promise<Record<string, unknown>> {
-  const url = moduleUrl(m);
-  if (typeof require === 'function') return require(url.startsWith('file:') ? fileURLToPath(url) : url) as Record<string, unknown>;
-  return (await import(url)) as Record<string, unknown>;
 }
 
 function exit(t: Task, state: number): void {

@@ -12,6 +12,7 @@ import { Prng } from './prng.js';
 import { blockedReport } from './report.js';
 import { WAIT_NOT_EQUAL, WAIT_OK, WAIT_TIMED_OUT, taskSpecError, type RunResult, type RunStatus, type Runner, type Scheduler, type TaskFn, type TaskSpec, type WaitResult } from './scheduler.js';
 import { check_scheduling_while_atomic, splat } from './splat.js';
+import { cachedModule, loadModule, moduleFunction } from './modules.js';
 import { TASK_BLOCKED, TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskExit, TaskL, WK, type Task } from './task.js';
 
 export interface SimOptions {
@@ -42,7 +43,6 @@ interface Timer {
 }
 
 const NEVER: Promise<never> = new Promise(() => {});
-const moduleCache = new Map<string, Record<string, unknown>>();
 
 export function planSim(plan: ArenaPlan): void {
   plan.region('sim', SimL.$size);
@@ -109,6 +109,7 @@ export class SimScheduler implements Scheduler, Runner {
   point(): Promise<void> | undefined {
     if (this.finished) return NEVER;
     const cur = current;
+    if (cur.id === 0) return undefined; // the boot context (setup before or after run) never switches
     this.tick();
     if (this.finished) return NEVER;
     if (this.changePoints.length > this.nextChange && this.steps >= this.changePoints[this.nextChange]) {
@@ -131,6 +132,7 @@ export class SimScheduler implements Scheduler, Runner {
     if (this.finished) return NEVER;
     if (Atomics.load(this.w, idx) !== expected) return WAIT_NOT_EQUAL;
     const cur = current;
+    if (cur.id === 0) throw new Error('cannot sleep in the boot context: only a task of the run can wait (this lock or word is taken)');
     check_scheduling_while_atomic(this.k, cur);
     this.block(cur, idx, expected);
     let list = this.waiters.get(idx);
@@ -159,6 +161,7 @@ export class SimScheduler implements Scheduler, Runner {
     if (!(ns > 0)) return this.point();
     if (this.finished) return NEVER;
     const cur = current;
+    if (cur.id === 0) throw new Error('cannot sleep in the boot context: only a task of the run can sleep');
     check_scheduling_while_atomic(this.k, cur);
     this.block(cur, -1, 0);
     this.w[cur.base + TaskL.waitKind] = WK.sleep;
@@ -177,19 +180,12 @@ export class SimScheduler implements Scheduler, Runner {
       const fn = spec.fn as TaskFn<A>;
       this.bodies.set(t, () => fn(ctx));
     } else {
-      const url = moduleUrl(spec.module!);
+      const m = spec.module!;
       const name = spec.fn;
-      const load = async () => {
-        let mod = moduleCache.get(url);
-        if (!mod) moduleCache.set(url, (mod = (await import(url)) as Record<string, unknown>));
-        return mod;
-      };
-      if (!moduleCache.has(url)) this.pendingImports.push(load());
+      if (!cachedModule(m)) this.pendingImports.push(loadModule(m));
       this.bodies.set(t, async () => {
-        const mod = moduleCache.get(url) ?? (await load());
-        const f = mod[name];
-        if (typeof f !== 'function') throw new TypeError(`task '${spec.name}': module ${spec.module} has no function export '${name}'`);
-        return (f as TaskFn<A>)(ctx);
+        const mod = cachedModule(m) ?? (await loadModule(m));
+        return (moduleFunction(mod, m, name, `task '${spec.name}'`) as TaskFn<A>)(ctx);
       });
     }
     t.prio = this.changePoints.length + 1 + this.prng.next();
@@ -412,8 +408,3 @@ export class SimScheduler implements Scheduler, Runner {
   }
 }
 
-export function moduleUrl(m: string): string {
-  if (/^(file|data|node):/.test(m)) return m;
-  if (m.startsWith('/')) return 'file://' + m;
-  return m;
-}

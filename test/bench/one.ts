@@ -39,6 +39,10 @@ const BENCHES: Record<string, () => Promise<Record<string, number>>> = {
     const native = r.native_fault_per_s === null ? null : Math.round(r.native_fault_per_s);
     return { cpu_fault_per_s: Math.round(r.cpu_fault_per_s), native_fault_per_s: native, ...(r.native_note ? { native_note: r.native_note } : {}) } as unknown as Record<string, number>;
   },
+  async invalidate() {
+    const { benchInvalidate2mb } = await import('./invalidate.js');
+    return { invalidate_2mb_us: (await benchInvalidate2mb()).invalidate_2mb_us };
+  },
   async threads() {
     const { benchThreadsHandoff } = await import('./threads_handoff.js');
     const r = await benchThreadsHandoff();

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { progress } from './measure.js';
 
 /** in run order; each names an entry of one.ts */
-const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault'];
+const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault', 'invalidate'];
 // per benchmark: a hung one must not hold the whole bench much past 2 minutes
 const TIMEOUT_MS = 30_000;
 const THREADS_TIMEOUT_MS = 60_000; // its workers hand off ~50k times
@@ -48,6 +48,7 @@ const KEYS: Record<string, string[]> = {
   sim_speed: ['sim_sched_points_per_s_speed'],
   threads: ['threads_mutex_handoff_p50_us', 'raw_atomics_handoff_p50_us'],
   fault: ['cpu_fault_per_s', 'native_fault_per_s'],
+  invalidate: ['invalidate_2mb_us'],
 };
 
 async function main(): Promise<void> {
