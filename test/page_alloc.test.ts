@@ -124,3 +124,19 @@ describe('reference §6.3: a driver lock held across a GFP_KERNEL allocation', (
     expect(kinds(k)).not.toContain('lockdep_circular');
   });
 });
+
+describe('alloc_pages: order 0 only', () => {
+  it('hands out order-0 pages and refuses a higher order with a warning, not a bogus block', async () => {
+    const { alloc_pages, __free_pages } = await import('../src/mm/page_alloc.js');
+    const k = bootKernel({ mem: { pages: 16, pageSize: 256, min: 1 } });
+    const pfn = alloc_pages(k, GFP_KERNEL, 0) as number;
+    expect(pfn).toBeGreaterThan(0);
+    const free = k.zone.nrFree;
+    expect(alloc_pages(k, GFP_KERNEL, 9)).toBe(0);
+    expect(k.zone.nrFree).toBe(free);
+    expect(kinds(k)).toContain('warn');
+    __free_pages(k, pfn, 0);
+    expect(k.zone.nrFree).toBe(free + 1);
+    expect(() => __free_pages(k, pfn, 2)).toThrow(/order 2/);
+  });
+});

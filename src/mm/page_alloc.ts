@@ -11,6 +11,7 @@ import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
 import { PF_MEMALLOC, TaskL } from '../sched/task.js';
 import { might_sleep } from '../sync/context.js';
+import { splat } from '../sched/splat.js';
 import { fs_reclaim_map, invalidate_start_map, lock_map_acquire, lock_map_release } from '../sync/lockdep_api.js';
 import { __GFP_DIRECT_RECLAIM, __GFP_FS, __GFP_HIGH, __GFP_KSWAPD_RECLAIM, __GFP_ZERO, gfpflags_allow_blocking } from './gfp.js';
 import { PG_free, PG_reserved, PageL, ZERO_PFN } from './page.js';
@@ -267,3 +268,24 @@ export function copyPage(k: Kernel, dst: number, src: number): void {
   const s = z.pageData(src);
   k.arena.i32.copyWithin(d, s, s + z.pageWords);
 }
+
+/**
+ * alloc_pages: the zone has no buddy lists, so only order 0 exists; a higher order is refused
+ * with a warning (and 0, as a failed allocation) rather than handing out pages that are not
+ * physically contiguous.
+ */
+export function alloc_pages(k: Kernel, gfp: number, order: number): number | Promise<number> {
+  if (order !== 0) {
+    splat(k, 'warn', `WARNING: alloc_pages: order ${order} requested, but this zone only has order-0 pages`);
+    k.zone.countFailure();
+    return 0;
+  }
+  return alloc_page(k, gfp);
+}
+
+export function __free_pages(k: Kernel, pfn: number, order: number): void {
+  if (order !== 0) throw new RangeError(`__free_pages: order ${order}, but only order-0 pages are ever handed out`);
+  __free_page(k, pfn);
+}
+
+export const free_pages = __free_pages;
