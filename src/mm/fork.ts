@@ -7,7 +7,7 @@
 
 import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
-import { ENOMEM } from '../shm/errno.js';
+import { ENOENT, ENOMEM } from '../shm/errno.js';
 import { spin_lock, spin_unlock } from '../sync/spinlock.js';
 import { down_write_nested } from '../sync/rwsem.js';
 import { MMU_NOTIFY_PROTECTION_PAGE, MmuNotifierRange, mmu_notifier_range_init } from '../notifier/range.js';
@@ -23,8 +23,16 @@ import { page_add_rmap } from './rmap.js';
 import { MMF_HAS_PINNED, MM_ANONPAGES, MM_SWAPENTS, MmL, VM_DONTCOPY, VM_MAYWRITE, VM_PFNMAP, VM_MIXEDMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE } from './types.js';
 import { V_ANON, V_FLAGS, V_MM, V_NEXT, anon_vma_prepare, vm_area_dup, vma_end, vma_link, vma_start } from './vma.js';
 
-/** Hook the swap layer fills: a copied swap entry takes another reference on its slot. */
-export const forkHooks: { swap_duplicate: ((k: Kernel, entry: number) => void) | null } = { swap_duplicate: null };
+/**
+ * Hooks: swap_duplicate (the swap layer): a copied swap entry takes another reference on its
+ * slot. copy_nonpresent (device_entries.ts): copy_nonpresent_pte for migration, device-private
+ * and device-exclusive entries, parent's PTE lock held; writes the child's entry and returns 0,
+ * or -ENOENT when it made the parent's PTE present again (copy that), or another -errno.
+ */
+export const forkHooks: {
+  swap_duplicate: ((k: Kernel, entry: number) => void) | null;
+  copy_nonpresent: ((k: Kernel, dst: number, src: number, srcSlot: number, dstSlot: number, addr: number) => number) | null;
+} = { swap_duplicate: null, copy_nonpresent: null };
 
 const SINGLE_DEPTH_NESTING = 1;
 
@@ -107,7 +115,7 @@ const NO_MEMORY = 2;
 function copy_one_pte(k: Kernel, dst: number, src: number, srcMm: number, dstMm: number, srcPgd: number, dstPgd: number, addr: number, cow: boolean, prealloc: number): number {
   const w = k.arena.i32;
   const srcSlot = pte_lookup(k, srcPgd, addr);
-  const pte = srcSlot < 0 ? 0 : w[srcSlot];
+  let pte = srcSlot < 0 ? 0 : w[srcSlot];
   const free = (): void => {
     if (prealloc !== 0) put_page(k, prealloc);
   };
@@ -122,13 +130,21 @@ function copy_one_pte(k: Kernel, dst: number, src: number, srcMm: number, dstMm:
   }
   const rss = dstMm + MmL.rss_stat;
   if (!pte_present(pte)) {
-    if (is_swap_entry(pte)) {
-      forkHooks.swap_duplicate?.(k, pte);
-      w[rss + MM_SWAPENTS]++;
+    if (is_swap_entry(pte) || !forkHooks.copy_nonpresent) {
+      if (is_swap_entry(pte)) {
+        forkHooks.swap_duplicate?.(k, pte);
+        w[rss + MM_SWAPENTS]++;
+      }
+      w[dstSlot] = pte;
+      free();
+      return COPIED;
     }
-    w[dstSlot] = pte;
-    free();
-    return COPIED;
+    const r = forkHooks.copy_nonpresent(k, dst, src, srcSlot, dstSlot, addr);
+    if (r !== -ENOENT) {
+      free();
+      return r === 0 ? COPIED : NO_MEMORY; // copy_pte_range turns any failure into -ENOMEM
+    }
+    pte = w[srcSlot]; // a device-exclusive entry was made present again: copy that
   }
   if (pte_special(pte)) {
     w[dstSlot] = pte; // the zero page is shared by everyone already

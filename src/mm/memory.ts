@@ -19,7 +19,7 @@ import { GFP_HIGHUSER_MOVABLE, __GFP_ZERO } from './gfp.js';
 import { flush_tlb_mm, get_page, mm_pgd, _PAGE_PROTNONE, pte_alloc_lookup, pte_lookup, ptl_of, put_page } from './mm_pt.js';
 import { PG_anon, PG_anon_exclusive, PG_swapbacked, PG_swapcache, PG_uptodate, PageL, ZERO_PFN } from './page.js';
 import { alloc_page, copyPage } from './page_alloc.js';
-import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_RW, _PAGE_SPECIAL, mk_pte, pte_present, pte_special } from './pgtable.js';
+import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_RW, _PAGE_SPECIAL, is_swap_entry, mk_pte, pte_present, pte_special } from './pgtable.js';
 import { page_add_rmap, page_remove_rmap } from './rmap.js';
 import { MMF_UNSTABLE, MM_ANONPAGES, MM_SHMEMPAGES, MmL, VM_ACCESS_FLAGS, VM_SHARED, VM_WRITE } from './types.js';
 import { ShmL, V_END, V_FLAGS, V_PGOFF, V_SHM, V_START, anon_vma_prepare, shmem_lock, shmem_lookup_locked, shmem_unlock } from './vma.js';
@@ -59,13 +59,14 @@ const P_REF = PageL.refcount;
 const PRESENT = 1;
 const NEW_ANON = PG_anon | PG_anon_exclusive | PG_swapbacked | PG_uptodate;
 
+type NonPresentFault = (k: Kernel, mm: number, vma: number, addr: number, pte: number, flags: number) => number | Promise<number>;
+
 /**
- * Hook for non-present PTEs (swap, migration, device-private and device-exclusive entries),
- * filled by the layers that create them. Called with the PTE lock NOT held.
+ * Hooks for non-present PTEs, filled by the layers that create them; called with the PTE lock
+ * NOT held. do_swap_page: real swap entries (the swap layer). do_non_swap_entry: migration,
+ * device-private and device-exclusive entries (device_entries.ts).
  */
-export const faultHooks: {
-  do_swap_page: ((k: Kernel, mm: number, vma: number, addr: number, pte: number, flags: number) => number | Promise<number>) | null;
-} = { do_swap_page: null };
+export const faultHooks: { do_swap_page: NonPresentFault | null; do_non_swap_entry: NonPresentFault | null } = { do_swap_page: null, do_non_swap_entry: null };
 
 /** check_stable_address_space */
 function unstable(w: Int32Array, mm: number): boolean {
@@ -97,8 +98,10 @@ export function handle_mm_fault(mm: number, vma: number, address: number, flags:
     return do_anonymous_page(k, mm, vma, addr, write);
   }
   if (!pte_present(pte)) {
-    if (faultHooks.do_swap_page) return faultHooks.do_swap_page(k, mm, vma, addr, pte, flags);
-    splat(k, 'warn', `WARNING: handle_mm_fault: non-present PTE 0x${(pte >>> 0).toString(16)} at 0x${addr.toString(16)} and no swap layer`);
+    const swap = is_swap_entry(pte);
+    const hook = swap ? faultHooks.do_swap_page : faultHooks.do_non_swap_entry;
+    if (hook) return hook(k, mm, vma, addr, pte, flags);
+    splat(k, 'warn', `WARNING: handle_mm_fault: non-present PTE 0x${(pte >>> 0).toString(16)} at 0x${addr.toString(16)} and no ${swap ? 'swap layer' : 'device-memory layer (src/mm/device_entries.ts)'}`);
     return VM_FAULT_SIGBUS;
   }
   return handle_present(k, mm, vma, addr, write);

@@ -12,7 +12,7 @@ import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
 import { splat } from '../sched/splat.js';
 import { Spinlock } from '../sync/spinlock.js';
-import { PG_free, PageL, ZERO_PFN } from './page.js';
+import { PG_device_private, PG_free, PageL, ZERO_PFN } from './page.js';
 import { __free_page } from './page_alloc.js';
 import { PTRS_PER_TABLE } from './pgtable.js';
 import { TASK_MM, TASK_UACCESS, TASK_WORDS } from './mm_layer.js';
@@ -123,10 +123,15 @@ export function get_page(k: Kernel, pfn: number): void {
 }
 
 /** folio_put: the last reference frees the frame. The zero page is never counted. */
+/** How a device-private page's reference is dropped: memremap installs it (to the pagemap). */
+export const devicePageHooks: { put: ((k: Kernel, pfn: number) => void) | null } = { put: null };
+
 export function put_page(k: Kernel, pfn: number): void {
   if (pfn === ZERO_PFN) return;
   const w = k.arena.i32;
   const p = k.zone.page(pfn);
+  // a device page never goes to the zone allocator
+  if ((w[p + PageL.flags] & PG_device_private) !== 0) return devicePageHooks.put!(k, pfn);
   const old = Atomics.sub(w, p + P_REF, 1);
   if (old > 1) return;
   if (old <= 0 || (w[p + PageL.flags] & PG_free) !== 0) {

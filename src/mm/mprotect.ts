@@ -13,7 +13,7 @@ import { EACCES, PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, P
 import { mmap_write_lock, mmap_write_unlock } from './mm_inline.js';
 import { PTRS_PER_TABLE, _PAGE_PROTNONE, flush_tlb_mm, level_span, ptl_of } from './mm_pt.js';
 import { PG_anon, PG_anon_exclusive, PageL } from './page.js';
-import { _PAGE_RW, pte_pfn, pte_present, pte_special } from './pgtable.js';
+import { _PAGE_RW, is_swap_pte, is_writable_swp_entry, make_readable_swp_entry, pte_pfn, pte_present, pte_special } from './pgtable.js';
 import { MmL, VM_ACCESS_FLAGS, VM_SHARED, VM_WRITE } from './types.js';
 import { V_FLAGS, calc_vm_prot_bits, find_vma, split_vma, vma_end, vma_merge_neighbours, vma_start } from './vma.js';
 
@@ -42,7 +42,16 @@ function change_pte_table(k: Kernel, table: number, base: number, start: number,
   let pages = 0;
   for (let i = first; i <= last; i++) {
     const pte = w[at + i];
-    if (!pte_present(pte)) continue; // swap/migration entries carry no protection here
+    if (!pte_present(pte)) {
+      // As change_pte_range: a writable migration, device-private or device-exclusive entry
+      // becomes read-only whatever the new protection ("a protection check is difficult so
+      // just be safe and disable write"); the next write fault decides again.
+      if (is_swap_pte(pte) && is_writable_swp_entry(pte)) {
+        w[at + i] = make_readable_swp_entry(pte);
+        pages++;
+      }
+      continue;
+    }
     const n = pte_modify(k, pte, vflags);
     if (n !== pte) w[at + i] = n;
     pages++;

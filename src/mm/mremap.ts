@@ -13,7 +13,7 @@ import { get_unmapped_area, munmap_locked } from './mmap.js';
 import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE } from './mman.js';
 import { mmap_write_lock, mmap_write_unlock } from './mm_inline.js';
 import { flush_tlb_mm, mm_pgd, page_align, pte_alloc_lookup, pte_lookup, ptl_of } from './mm_pt.js';
-import { pte_pfn, pte_present, pte_special } from './pgtable.js';
+import { is_swap_entry, is_swap_pte, pte_pfn, pte_present, pte_special, swp_offset } from './pgtable.js';
 import { page_move_rmap } from './rmap.js';
 import { is_ulong } from './types.js';
 import { V_NEXT, vm_area_dup, vma_adjust, vma_end, vma_link, vma_lookup, vma_merge_neighbours, vma_pgoff, vma_set_range, vma_start } from './vma.js';
@@ -125,6 +125,8 @@ function move_ptes(k: Kernel, mm: number, old_addr: number, new_addr: number, le
       const pte = Atomics.exchange(w, src, 0);
       w[dst] = pte;
       if (pte_present(pte) && !pte_special(pte)) page_move_rmap(k, pte_pfn(pte), mm, a, to);
+      // migration and device entries keep their page's rmap node, and name the page by offset
+      else if (is_swap_pte(pte) && !is_swap_entry(pte)) page_move_rmap(k, swp_offset(pte), mm, a, to);
     }
   } finally {
     spin_unlock(ptl);

@@ -33,6 +33,7 @@ export const PG_swapbacked = 1 << 9;
 export const PG_device_private = 1 << 10; // ZONE_DEVICE private memory
 export const PG_anon_exclusive = 1 << 11;
 export const PG_free = 1 << 12; // on the free list (ours: catches use after free)
+export const PG_waiters = 1 << 24; // a task sleeps in folio_lock on this page
 
 export const GUP_PIN_COUNTING_BIAS = 1024;
 

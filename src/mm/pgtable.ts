@@ -68,6 +68,12 @@ export const is_device_exclusive_entry = (pte: number): boolean =>
   is_swap_pte(pte) && (swp_type(pte) === SWP_DEVICE_EXCLUSIVE_READ || swp_type(pte) === SWP_DEVICE_EXCLUSIVE_WRITE);
 /** a real swap slot entry (non_swap_entry is false) */
 export const is_swap_entry = (pte: number): boolean => is_swap_pte(pte) && swp_type(pte) === SWP_SWAP;
+/** make_readable_*_entry: the read-only twin of a writable migration / device entry (each
+ *  writable type is numbered one above its readable twin) */
+export function make_readable_swp_entry(pte: number): number {
+  return is_writable_swp_entry(pte) ? swp_entry_to_pte(swp_type(pte) - 1, swp_offset(pte)) : pte;
+}
+
 /** writable migration / device entries */
 export const is_writable_swp_entry = (pte: number): boolean => {
   const t = swp_type(pte);

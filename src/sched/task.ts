@@ -76,7 +76,7 @@ export function do_exit(code = 0): never {
 export const TASK_KINDS = ['boot', 'cpu', 'kthread', 'device', 'driver', 'test'] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];
 
-export const WAIT_KINDS = ['word', 'sleep', 'spinlock', 'mutex', 'rwsem-read', 'rwsem-write', 'waitqueue', 'completion', 'srcu', 'task'] as const;
+export const WAIT_KINDS = ['word', 'sleep', 'spinlock', 'mutex', 'rwsem-read', 'rwsem-write', 'waitqueue', 'completion', 'srcu', 'task', 'folio'] as const;
 export type WaitKind = (typeof WAIT_KINDS)[number];
 export const WK: { readonly [K in WaitKind]: number } = Object.fromEntries(WAIT_KINDS.map((k, i) => [k, i])) as never;
 

@@ -15,6 +15,7 @@ export const EEXIST = 17;
 export const EINVAL = 22;
 export const EDEADLK = 35;
 export const EOVERFLOW = 75;
+export const EOPNOTSUPP = 95;
 
 const NAMES: Record<number, string> = {
   [EPERM]: 'EPERM',
@@ -30,6 +31,7 @@ const NAMES: Record<number, string> = {
   [EINVAL]: 'EINVAL',
   [EDEADLK]: 'EDEADLK',
   [EOVERFLOW]: 'EOVERFLOW',
+  [EOPNOTSUPP]: 'EOPNOTSUPP',
 };
 
 /** `-11` -> `'-EAGAIN'`; unknown numbers are printed as they are. */
