@@ -21,6 +21,7 @@ import { Zone, defaultMemConfig } from '../mm/page_alloc.js';
 import { MmLayer, mmViews } from '../mm/mm_layer.js';
 import type { PageTables } from '../mm/pgtable.js';
 import '../mm/process.js'; // the mm layer's process entry, loadable in every worker
+import { DeviceLayer, deviceViews } from '../device/layer.js';
 
 export type BootConfig = Partial<KernelConfig>;
 
@@ -35,6 +36,7 @@ class KernelInstance implements Kernel {
   readonly zone: Zone;
   readonly pgtables: PageTables;
   readonly mmLayer: MmLayer;
+  readonly devices: DeviceLayer;
   sched: Scheduler = new BootScheduler();
 
   constructor(
@@ -50,6 +52,7 @@ class KernelInstance implements Kernel {
     this.notifier = new NotifierCore(this, arena);
     this.zone = new Zone(arena, config.mem);
     ({ pgtables: this.pgtables, mmLayer: this.mmLayer } = mmViews(arena, config));
+    this.devices = deviceViews(arena, config);
   }
 }
 
@@ -75,6 +78,7 @@ export function planKernel(c: KernelConfig): ArenaLayout {
   planThreads(plan);
   Zone.plan(plan, c.mem);
   MmLayer.plan(plan, c);
+  DeviceLayer.plan(plan, c);
   return plan.layout();
 }
 
@@ -89,6 +93,7 @@ export function bootKernel(cfg: BootConfig = {}): Kernel {
   Lockdep.init(arena, c.lockClasses + 1, c.lockdepEdges, c.lockdep);
   Zone.init(arena, c.mem);
   MmLayer.init(arena, c);
+  DeviceLayer.init(arena, c);
   const k = new KernelInstance(c, arena);
   k.lockdep.initMaps();
   NotifierCore.init(k, c.notifierPolicy);

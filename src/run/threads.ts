@@ -30,6 +30,12 @@ export interface ThreadsOptions {
   timeoutMs?: number;
   /** most workers at once, tasks spawned during the run included (default config.maxTasks) */
   maxThreads?: number;
+  /**
+   * modules every worker imports before its task's module: driver modules, whose top level
+   * registers their notifier ops and driver by name, so that any task (a CPU task that
+   * munmaps, a device engine) can run their callbacks
+   */
+  preload?: string[];
 }
 
 /** how many watchdog bounds a task blocked on a changed word gets before it counts as lost */
@@ -147,7 +153,7 @@ export class ThreadsRunner implements Runner {
     port1.on('message', (m: SpawnMsg) => this.onSpawn(m));
     this.ports.push(port1);
     const a = this.k.arena;
-    const payload: TaskPayload = { sab: a.sab, layout: a.layout, config: this.k.config, task: j.task.id, spec: j.spec, port: port2 };
+    const payload: TaskPayload = { sab: a.sab, layout: a.layout, config: this.k.config, task: j.task.id, spec: j.spec, port: port2, preload: this.opts.preload };
     j.submitted = true;
     this.live++;
     this.pool!.run(payload, { signal: j.ctl.signal, transferList: [port2] }).then(

@@ -24,6 +24,8 @@ export interface TaskPayload {
   spec: TaskSpec;
   /** carries this task's spawns to the main thread */
   port: MessagePort;
+  /** modules to import before the task's own (ThreadsOptions.preload) */
+  preload?: string[];
 }
 
 // Piscina loads this entry with require() first, so from source under tsx this whole worker
@@ -37,6 +39,7 @@ export async function runTaskInWorker(p: TaskPayload): Promise<void> {
   k.sched = new ThreadsScheduler(k, t, p.port);
   setCurrent(t);
   try {
+    for (const m of p.preload ?? []) await loadModule(m);
     const mod = await loadModule(p.spec.module!);
     const fn = moduleFunction(mod, p.spec.module!, p.spec.fn as string, `task '${p.spec.name}'`) as TaskFn;
     await fn({ k, task: t, args: p.spec.args });
