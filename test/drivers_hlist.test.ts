@@ -16,18 +16,17 @@ import { SimScheduler } from '../src/sched/sim.js';
 import type { KlogRecord } from '../src/shm/klog.js';
 import { EAGAIN, EFAULT } from '../src/shm/errno.js';
 import { NK } from '../src/notifier/index.js';
-import { FOLL_LONGTERM, FOLL_WRITE, get_user_pages_remote, page_pincount, pin_user_pages, pin_user_pages_remote, unpin_user_pages } from '../src/mm/gup.js';
+import { FOLL_WRITE, get_user_pages_remote, page_pincount, pin_user_pages, unpin_user_pages } from '../src/mm/gup.js';
 import { mm_flags_test, mmap_read_lock, mmap_read_unlock } from '../src/mm/mm_inline.js';
 import { mmUsage } from '../src/mm/mm_layer.js';
-import { folio_maybe_dma_pinned, pte_lookup, ptl_of, put_page } from '../src/mm/mm_pt.js';
+import { folio_maybe_dma_pinned, put_page } from '../src/mm/mm_pt.js';
 import { MADV_DONTNEED, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../src/mm/mman.js';
 import { do_madvise } from '../src/mm/madvise.js';
 import { vm_mmap, vm_munmap } from '../src/mm/mmap.js';
 import { do_fork, reap_zombies, spawn_process, waitpid, type ProcessFn } from '../src/mm/process.js';
 import { GUP_PIN_COUNTING_BIAS, PageL } from '../src/mm/page.js';
-import { SWP_DEVICE_PRIVATE_WRITE, pte_pfn, swp_entry_to_pte } from '../src/mm/pgtable.js';
-import { spin_lock, spin_unlock } from '../src/sync/spinlock.js';
-import { MMF_HAS_PINNED, MmL } from '../src/mm/types.js';
+import { pte_pfn } from '../src/mm/pgtable.js';
+import { MMF_HAS_PINNED } from '../src/mm/types.js';
 import { put_user } from '../src/mm/uaccess.js';
 import { MmuNotifierRange, MMU_NOTIFY_UNMAP, mmu_notifier_invalidate_range_start_nonblock, mmu_notifier_range_init } from '../src/notifier/index.js';
 import { ResL, deviceStats, deviceUsage, device_close, device_inflight, device_ioctl, device_open, host_pte, shadowEntries, spawnDeviceProgram, type DevProgramArgs } from '../src/device/index.js';
@@ -238,29 +237,6 @@ describe('get_user_pages / pin_user_pages (sim)', () => {
       await finish(wd);
     });
 
-    it(`seed ${seed}: a FOLL_LONGTERM pin that meets a device-private entry fails with -EFAULT and says why`, async () => {
-      const wd = world(seed);
-      const { k } = wd;
-      proc(wd, async ({ mm }) => {
-        const a = await mapWritten(mm, 1);
-        // stand a device-private entry in for the page (what migration to a device leaves)
-        const w = k.arena.i32;
-        const ptl = ptl_of(k, mm);
-        spin_lock(ptl);
-        const s = pte_lookup(k, w[mm + MmL.pgd], a);
-        const saved = w[s];
-        w[s] = swp_entry_to_pte(SWP_DEVICE_PRIVATE_WRITE, 5);
-        spin_unlock(ptl);
-        const pages = [0];
-        expect(await locked(mm, () => pin_user_pages_remote(mm, a, 1, FOLL_WRITE | FOLL_LONGTERM, pages))).toBe(-EFAULT);
-        spin_lock(ptl);
-        w[s] = saved;
-        spin_unlock(ptl);
-        expect(await n(vm_munmap(mm, a, P))).toBe(0);
-      });
-      const { log } = await finish(wd, ['gup']);
-      expect(log.map((x) => x.text)).toEqual([expect.stringMatching(/^get_user_pages at 0x[0-9a-f]+ met a device-private entry under FOLL_LONGTERM \(pfn 5\): .* fails with -EFAULT$/)]);
-    });
   }
 });
 

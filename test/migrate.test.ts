@@ -27,6 +27,7 @@ import {
 import { HMM_PFN_REQ_FAULT, HMM_PFN_VALID, HMM_PFN_WRITE, HmmRange, hmm_pfn_flags, hmm_pfn_to_pfn, hmm_range_fault } from '../src/hmm/hmm.js';
 import { MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MREMAP_MAYMOVE, PROT_NONE, PROT_READ, PROT_WRITE } from '../src/mm/mman.js';
 import { do_mremap } from '../src/mm/mremap.js';
+import { FOLL_LONGTERM, FOLL_WRITE, pin_user_pages_remote, unpin_user_pages } from '../src/mm/gup.js';
 import { rmap_mappings } from '../src/mm/rmap.js';
 import { mmap_read_lock, mmap_read_unlock } from '../src/mm/mm_inline.js';
 import { mmUsage } from '../src/mm/mm_layer.js';
@@ -681,6 +682,33 @@ describe('device-private pages through fork, munmap, RELEASE and GUP (reference 
         expect(await n(vm_munmap(mm, b, 4 * P))).toBe(0); // page 1 still on the device: zapped at its new address
         expect(await n(vm_munmap(mm, a + 2 * P, P))).toBe(0);
         expect(dmem_stats(k, dev)).toEqual({ calloc: 2, cfree: 2, to_ram: 1 });
+        await close(k, dev);
+      });
+    });
+
+    it(`seed ${seed}: §6.2 a FOLL_LONGTERM pin of device-private pages migrates them to system memory first, then pins those`, async () => {
+      await run(seed, async ({ k, mm }) => {
+        const a = await n(vm_mmap(mm, 0, N * P, RW, PRIV));
+        await writePattern(a, 0, N, 21);
+        const dev = await open(k, mm, a, N, 1);
+        expect((await dmem_migrate_to_dev(k, dev, a, N)).ret).toBe(0);
+        expect(onDevice(k, mm, a, N, 1)).toBe(true);
+        const pages = new Array<number>(N).fill(0);
+        const l = mmap_read_lock(mm);
+        if (l !== undefined) await l;
+        let got: number;
+        try {
+          got = await pin_user_pages_remote(mm, a, N, FOLL_WRITE | FOLL_LONGTERM, pages);
+        } finally {
+          mmap_read_unlock(mm);
+        }
+        expect(got).toBe(N);
+        // every pin is on a system page now mapped by the CPU, none on device memory
+        expect(pages.every((pfn) => !is_device_private_page(k, pfn))).toBe(true);
+        expect(seq(N).every((i) => presentRW(k, mm, a + i * P) && pte_pfn(hostPte(k, mm, a + i * P)) === pages[i])).toBe(true);
+        expect(dmem_stats(k, dev)).toEqual({ calloc: N, cfree: N, to_ram: N });
+        expect(mismatches(await readUser(a, N), 0, 21)).toEqual([]);
+        unpin_user_pages(pages, N);
         await close(k, dev);
       });
     });

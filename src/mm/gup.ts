@@ -8,11 +8,10 @@
 //   still notify; they stop reclaim from unmapping the page (folio_maybe_dma_pinned).
 // - The shared zero page is never counted (put_page ignores it too).
 // - A device-private entry is faulted like any non-present one (migrate_to_ram brings the page
-//   back), except under FOLL_LONGTERM.
-// Not modelled: FOLL_LONGTERM's migration of pages out of ZONE_MOVABLE / device memory (a
-// long-term pin that meets device memory fails with -EFAULT and a 'gup' record instead), the
-// lockless fast path (the _fast variants take the mmap_lock), and unsharing a COW-shared anon
-// page on a read pin (FAULT_FLAG_UNSHARE).
+//   back); under FOLL_LONGTERM it is migrated to system memory before the pin, so a long-term
+//   pin never holds device memory (the hmm_gup_test selftest sees system pages).
+// Not modelled: ZONE_MOVABLE/CMA (there is one zone), the lockless fast path (the _fast variants
+// take the mmap_lock), and unsharing a COW-shared anon page on a read pin (FAULT_FLAG_UNSHARE).
 
 import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
@@ -20,10 +19,11 @@ import { splat } from '../sched/splat.js';
 import { EFAULT, EINVAL, ENOMEM } from '../shm/errno.js';
 import { spin_lock, spin_unlock } from '../sync/spinlock.js';
 import { FAULT_FLAG_REMOTE, FAULT_FLAG_WRITE, VM_FAULT_ERROR, VM_FAULT_OOM, handle_mm_fault } from './memory.js';
+import { migrate_device_pages_to_ram } from './migrate_device.js';
 import { mm_flags_set, mmap_assert_locked, mmap_read_lock, mmap_read_unlock } from './mm_inline.js';
 import { pte_lookup, pte_protnone, ptl_of, put_page } from './mm_pt.js';
-import { GUP_PIN_COUNTING_BIAS, PG_device_private, PG_dirty, PageL, ZERO_PFN } from './page.js';
-import { _PAGE_ACCESSED, _PAGE_DIRTY, is_device_private_entry, pte_pfn, pte_present, pte_write, swp_offset } from './pgtable.js';
+import { GUP_PIN_COUNTING_BIAS, PG_dirty, PageL, ZERO_PFN } from './page.js';
+import { _PAGE_ACCESSED, _PAGE_DIRTY, is_device_private_entry, pte_pfn, pte_present, pte_write } from './pgtable.js';
 import { MMF_HAS_PINNED, MmL, VM_IO, VM_MAYREAD, VM_PFNMAP, VM_READ, VM_WRITE } from './types.js';
 import { current_mm } from './uaccess.js';
 import { V_FLAGS, vma_end, vma_lookup } from './vma.js';
@@ -67,6 +67,7 @@ function try_grab_page(k: Kernel, pfn: number, flags: number): void {
 }
 
 const NEED_FAULT = -1;
+const NEED_MIGRATE = -2; // FOLL_LONGTERM met device memory: migrate it to RAM, then look again
 
 /**
  * follow_page_pte: the pfn behind addr with a reference or pin taken, under the PTE lock;
@@ -82,16 +83,14 @@ function follow_page(k: Kernel, mm: number, addr: number, flags: number): number
     const slot = pte_lookup(k, pgd, addr);
     const pte = slot < 0 ? 0 : w[slot];
     if (!pte_present(pte)) {
-      // a fault brings a device-private page back (migrate_to_ram); a long-term pin must not fault it
-      if (is_device_private_entry(pte) && (flags & FOLL_LONGTERM) !== 0) return deviceMemory(k, addr, swp_offset(pte), 'a device-private entry under FOLL_LONGTERM');
+      // a fault brings a device-private page back (migrate_to_ram); a long-term pin migrates
+      // it to system memory first, as check_and_migrate_movable_pages does (reference §6.2)
+      if (is_device_private_entry(pte) && (flags & FOLL_LONGTERM) !== 0) return NEED_MIGRATE;
       return NEED_FAULT;
     }
     if (pte_protnone(pte)) return NEED_FAULT;
     if ((flags & FOLL_WRITE) !== 0 && !pte_write(pte)) return NEED_FAULT;
-    const pfn = pte_pfn(pte);
-    if (pfn !== ZERO_PFN && (flags & FOLL_LONGTERM) !== 0 && (w[k.zone.page(pfn) + PageL.flags] & PG_device_private) !== 0) {
-      return deviceMemory(k, addr, pfn, 'a device-private frame, which a FOLL_LONGTERM pin must first migrate to system memory');
-    }
+    const pfn = pte_pfn(pte); // a present PTE never maps a device-private page
     try_grab_page(k, pfn, flags);
     // FOLL_TOUCH: mark_page_accessed, and dirty for a write
     if ((flags & FOLL_TOUCH) !== 0) Atomics.or(w, slot, _PAGE_ACCESSED | ((flags & FOLL_WRITE) !== 0 ? _PAGE_DIRTY : 0));
@@ -99,11 +98,6 @@ function follow_page(k: Kernel, mm: number, addr: number, flags: number): number
   } finally {
     spin_unlock(ptl);
   }
-}
-
-function deviceMemory(k: Kernel, addr: number, pfn: number, what: string): number {
-  splat(k, 'gup', `get_user_pages at 0x${addr.toString(16)} met ${what} (pfn ${pfn}): device-memory migration for GUP belongs to the migration layer; this GUP fails with -EFAULT`);
-  return -EFAULT;
 }
 
 /** check_vma_flags: -EFAULT when the VMA does not allow the access GUP wants. */
@@ -145,6 +139,11 @@ async function __get_user_pages(mm: number, start: number, nr_pages: number, fla
       if (pfn >= 0) {
         if (pages) pages[i] = pfn;
         break;
+      }
+      if (pfn === NEED_MIGRATE) {
+        const m = await migrate_device_pages_to_ram(mm, vma, addr, addr + k.mmLayer.pageSize, (flags & FOLL_WRITE) !== 0);
+        if (m < 0) return partial(m);
+        continue;
       }
       if (pfn !== NEED_FAULT) return partial(pfn);
       if ((flags & FOLL_NOFAULT) !== 0) return partial(-EFAULT);
