@@ -32,7 +32,7 @@ import {
   type VmFault,
 } from '../../src/mm/memremap.js';
 import { __free_page, alloc_page, copyPage } from '../../src/mm/page_alloc.js';
-import { DMIRROR_MAGIC, DmirrorL, xa_erase } from './dmirror.js';
+import { DMIRROR_MAGIC, DmirrorL, dmirror_mutex, xa_erase } from './dmirror.js';
 import { HMM_DMIRROR_MEMORY_DEVICE_PRIVATE } from './uapi.js';
 
 /** pages per chunk: DEVMEM_CHUNK_SIZE (256 MiB in the kernel) scaled to the emulator's zone */
@@ -197,8 +197,9 @@ function dmirror_devmem_free(pfn: number): void {
 
 /**
  * dmirror_devmem_fault_alloc_and_copy: a system page for each selected device page, its data
- * copied from the rpage, and the page's pt entry in `d` erased (without the mutex, as test_hmm
- * does). `d` 0: the dmirror is gone, nothing to erase.
+ * copied from the rpage, and the page's pt entry in `d` erased (test_hmm's xa_erase takes only
+ * the xarray's lock; the shadow table's lock is the mutex, taken around the zap). `d` 0: the
+ * dmirror is gone, nothing to erase.
  */
 export async function dmirror_devmem_fault_alloc_and_copy(k: Kernel, args: MigrateVma, d: number): Promise<number> {
   const ps = k.mmLayer.pageSize;
@@ -215,7 +216,14 @@ export async function dmirror_devmem_fault_alloc_and_copy(k: Kernel, args: Migra
     if (dpage === 0) continue;
     const l = folio_lock(k, dpage);
     if (l !== undefined) await l;
-    if (d !== 0) xa_erase(k, d, addr / ps);
+    if (d !== 0) {
+      // test_hmm's xa_erase takes the xarray's own lock; the shadow table's is the mutex
+      const m = dmirror_mutex(k, d);
+      const ml = mutex_lock(m);
+      if (ml !== undefined) await ml;
+      xa_erase(k, d, addr / ps);
+      mutex_unlock(m);
+    }
     copyPage(k, dpage, spage);
     args.dst[i] = migrate_pfn(dpage) | (args.src[i] & MIGRATE_PFN_WRITE);
   }

@@ -1,39 +1,37 @@
-// struct dmirror (one open device file) and its mirror: the shadow page table `pt`, the interval
-// notifier over the whole address space, dmirror_interval_invalidate, the fault path
-// (dmirror_fault / dmirror_range_fault, the §3.4 loop) and the device's reads and writes
-// through pt with the mirror invariant checked at every page access.
+// struct dmirror (one open device file, the device's driver state) and its mirror: the
+// device's shadow page table standing in for test_hmm's `pt` xarray, the interval notifier
+// over the whole address space (the device's own, registered by device_open),
+// dmirror_interval_invalidate, the fault path (dmirror_fault / dmirror_range_fault, the §3.4
+// loop) and the device's reads and writes, each page a device access the layer checks.
 //
-// pt models test_hmm's xarray: indexed by virtual pfn, holding a tagged page and no reference.
-// Here it is a 4-level radix of the host's page-table pool (any pfn of the address space, the
-// tables freed at release); an entry is pfn << 3 | tag << 1 | 1, tag being the xarray pointer
-// tag (0 read-only, DPT_XA_TAG_ATOMIC 1, DPT_XA_TAG_WRITE 3).
+// pt is the device's shadow page table (src/device): indexed by virtual pfn, holding a frame
+// and no reference. The xarray pointer tags map to shadow bits: DPT_XA_TAG_WRITE ↔ SPTE_WRITE,
+// DPT_XA_TAG_ATOMIC ↔ SPTE_ATOMIC (read-only otherwise); an entry naming a device-private page
+// carries SPTE_DEVICE_PRIVATE. Entries go in only through shadow_pte_install, under the
+// dmirror mutex (the device's notifier lock) with the sequence from mmu_interval_read_begin.
 
 import { current } from '../../src/sched/current.js';
 import type { Kernel } from '../../src/sched/kernel.js';
-import { heldLocksText } from '../../src/sched/report.js';
 import { splat } from '../../src/sched/splat.js';
 import { defineStruct } from '../../src/shm/layout.js';
-import { EBUSY, EFAULT, ENOMEM } from '../../src/shm/errno.js';
-import { MUTEX_WORDS, Mutex, mutex_init, mutex_lock, mutex_trylock, mutex_unlock } from '../../src/sync/mutex.js';
+import { EBUSY, EFAULT } from '../../src/shm/errno.js';
+import { Mutex, mutex_lock, mutex_trylock, mutex_unlock } from '../../src/sync/mutex.js';
 import {
   MMU_NOTIFY_MIGRATE,
-  MinL,
   defineIntervalNotifierOps,
-  mmu_interval_notifier_insert,
-  mmu_interval_notifier_remove,
   mmu_interval_read_begin,
   mmu_interval_read_retry,
   mmu_interval_set_seq,
   mmu_notifier_priv,
   mmu_notifier_range_blockable,
 } from '../../src/notifier/index.js';
-import { zone_device_data } from '../../src/mm/memremap.js';
+import { is_device_private_page } from '../../src/mm/memremap.js';
 import { mmap_read_lock, mmap_read_unlock } from '../../src/mm/mm_inline.js';
 import { mmget_not_zero, mmput } from '../../src/mm/mm_struct.js';
-import { pte_lookup, pte_protnone } from '../../src/mm/mm_pt.js';
 import { PG_device_private, PageL } from '../../src/mm/page.js';
-import { is_device_exclusive_entry, is_device_private_entry, is_migration_entry, is_writable_swp_entry, pte_pfn, pte_present, pte_write, swp_offset } from '../../src/mm/pgtable.js';
-import { MmL, PAGE_ALIGN_DOWN, ULONG_MAX } from '../../src/mm/types.js';
+import { is_migration_entry, pte_pfn, pte_present, pte_write, swp_offset } from '../../src/mm/pgtable.js';
+import { pte_protnone } from '../../src/mm/mm_pt.js';
+import { heldLocksText } from '../../src/sched/report.js';
 import {
   HMM_PFN_ERROR,
   HMM_PFN_REQ_FAULT,
@@ -47,6 +45,28 @@ import {
   hmm_pfns_alloc,
   hmm_range_fault,
 } from '../../src/hmm/hmm.js';
+import {
+  DEV_CLOSING,
+  DEV_STAT,
+  DevL,
+  SPTE_ATOMIC,
+  SPTE_DEVICE_PRIVATE,
+  SPTE_PFN_SHIFT,
+  SPTE_VALID,
+  SPTE_WRITE,
+  device_priv,
+  device_fence_busy,
+  device_fence_fail,
+  device_fence_wait,
+  deviceLabel,
+  device_stat_add,
+  host_pte,
+  mirror_allows,
+  shadowEntries,
+  shadow_pte_install,
+  shadow_pte_zap,
+  type ShadowPte,
+} from '../../src/device/index.js';
 
 export const DPT_XA_TAG_ATOMIC = 1;
 export const DPT_XA_TAG_WRITE = 3;
@@ -61,14 +81,12 @@ export const DMIRROR_LIVELOCK_ROUNDS = 256;
 export const DMIRROR_LOG_ENTRIES = 16;
 const LOG_WORDS = 6; // start f64, end f64, event, blockable
 
-/** struct dmirror */
+/** struct dmirror: the device's driver state (the mutex, notifier and pt are the device's) */
 export const DmirrorL = defineStruct('dmirror', {
-  notifier: MinL.$size, // the embedded struct mmu_interval_notifier, at offset 0 (even)
-  log: DMIRROR_LOG_ENTRIES * LOG_WORDS,
-  mutex: MUTEX_WORDS,
+  log: DMIRROR_LOG_ENTRIES * LOG_WORDS, // at offset 0 (even: f64 fields)
+  dev: 1, // the device (src/device) this state belongs to
   magic: 1, // DMIRROR_MAGIC while open: a device page's rpage may outlive its dmirror
   mdevice: 1, // struct dmirror_device *
-  pt: 1, // the shadow table's root (a host page-table pool index)
   flags: 1, // HMM_DMIRROR_FLAGS
   // ours: what tests and reports read
   log_head: 1, // invalidations that reached the erase
@@ -79,57 +97,80 @@ export const DmirrorL = defineStruct('dmirror', {
   programs: 1, // dmirror_do_fault calls
   timeouts: 1, // dmirror_range_fault gave up with -EBUSY
   accesses: 1, // device page accesses checked
-  violations: 1, // mirror-invariant failures
   livelocks: 1,
   migrate_skipped: 1, // MIGRATE invalidations of our own device, ignored without set_seq
   migrate_races: 1, // faults stored while such a migration ran under them (§8.3: read_retry cannot see it)
 });
 
-const E_PRESENT = 1;
-const TAG_SHIFT = 1;
-const PFN_SHIFT = 3;
-
 export const DMIRROR_MAGIC = 0x444d4952;
 
-export const dmirror_mutex = (k: Kernel, d: number): Mutex => new Mutex(k, d + DmirrorL.mutex);
-export const dmirror_mm = (k: Kernel, d: number): number => k.arena.i32[d + DmirrorL.notifier + MinL.mm];
+/** the device of a dmirror state */
+export const dmirror_dev = (k: Kernel, d: number): number => k.arena.i32[d + DmirrorL.dev];
+/** dmirror->mutex: the device's notifier lock */
+export const dmirror_mutex = (k: Kernel, d: number): Mutex => new Mutex(k, dmirror_dev(k, d) + DevL.lock);
+export const dmirror_mm = (k: Kernel, d: number): number => k.arena.i32[dmirror_dev(k, d) + DevL.mm];
 export const dmirror_mdevice = (k: Kernel, d: number): number => k.arena.i32[d + DmirrorL.mdevice];
+/** the device's interval notifier (struct mmu_interval_notifier) */
+export const dmirror_notifier = (k: Kernel, d: number): number => dmirror_dev(k, d) + DevL.notifier;
 
-// ---- pt: the xarray ------------------------------------------------------------------------------
+// ---- pt: the device's shadow page table ---------------------------------------------------------
 
-/** xa_load: the entry word at virtual pfn, 0 if none */
-export function xa_load(k: Kernel, d: number, vpn: number): number {
-  const slot = pte_lookup(k, k.arena.i32[d + DmirrorL.pt], vpn * k.mmLayer.pageSize);
-  return slot < 0 ? 0 : k.arena.i32[slot];
+/** the xarray tag of a shadow entry */
+export const spte_tag = (x: ShadowPte): number => (x.write ? DPT_XA_TAG_WRITE : x.atomic ? DPT_XA_TAG_ATOMIC : 0);
+/** the shadow bits of a tag */
+export const tag_flags = (tag: number): number => (tag === DPT_XA_TAG_WRITE ? SPTE_WRITE : tag === DPT_XA_TAG_ATOMIC ? SPTE_ATOMIC : 0);
+
+/** xa_load: the shadow entry at vpn, null if none */
+export function xa_load(k: Kernel, d: number, vpn: number): ShadowPte | null {
+  const ps = k.mmLayer.pageSize;
+  return shadowEntries(k, dmirror_dev(k, d), vpn * ps, (vpn + 1) * ps)[0] ?? null;
 }
 
-export const xa_untag_pfn = (e: number): number => e >>> PFN_SHIFT;
-export const xa_pointer_tag = (e: number): number => (e >>> TAG_SHIFT) & 3;
-
-/** xa_store(GFP_ATOMIC): 0, or -ENOMEM when the table pool is empty (the xarray's node allocation) */
-export function xa_store(k: Kernel, d: number, vpn: number, pfn: number, tag: number): number {
-  const slot = k.pgtables.pte_offset(k.arena.i32[d + DmirrorL.pt], vpn * k.mmLayer.pageSize, true);
-  if (slot < 0) return -ENOMEM;
-  k.arena.i32[slot] = (pfn << PFN_SHIFT) | (tag << TAG_SHIFT) | E_PRESENT;
-  return 0;
+/**
+ * xa_store: install through shadow_pte_install (the mutex held, `seq` from
+ * mmu_interval_read_begin): 0 or -ENOMEM. A device-private page is tagged SPTE_DEVICE_PRIVATE.
+ */
+export function xa_store(k: Kernel, d: number, vpn: number, pfn: number, tag: number, seq: number): number {
+  let flags = tag_flags(tag);
+  if (is_device_private_page(k, pfn)) flags |= SPTE_DEVICE_PRIVATE;
+  return shadow_pte_install(dmirror_dev(k, d), vpn * k.mmLayer.pageSize, pfn, flags, seq);
 }
 
 export function xa_erase(k: Kernel, d: number, vpn: number): void {
-  const slot = pte_lookup(k, k.arena.i32[d + DmirrorL.pt], vpn * k.mmLayer.pageSize);
-  if (slot >= 0) k.arena.i32[slot] = 0;
+  const ps = k.mmLayer.pageSize;
+  shadow_pte_zap(dmirror_dev(k, d), vpn * ps, (vpn + 1) * ps);
 }
 
-/** xa_for_each_range(first, last) + xa_erase: `last` is inclusive */
-function xa_erase_range(k: Kernel, d: number, first: number, last: number): number {
-  const ps = k.mmLayer.pageSize;
-  const w = k.arena.i32;
-  let n = 0;
-  const top = 2 ** (k.mmLayer.pageShift + 36); // what 4 levels of 512 cover
-  k.pgtables.walk(w[d + DmirrorL.pt], first * ps, Math.min(top, (last + 1) * ps), (slot) => {
-    if (w[slot] !== 0) n++;
-    w[slot] = 0;
-  });
-  return n;
+/**
+ * For an install that does not come from an hmm_range_fault result (a migration's or
+ * make_device_exclusive's pages): mmu_interval_read_begin, then the mutex, again until
+ * mmu_interval_read_retry is false under it. Returns the sequence, the mutex held: no
+ * invalidation callback has run since, and any later one zaps what goes in.
+ */
+export async function dmirror_lock_seq(k: Kernel, d: number): Promise<number> {
+  const m = dmirror_mutex(k, d);
+  const sub = dmirror_notifier(k, d);
+  for (;;) {
+    const s = mmu_interval_read_begin(sub);
+    const seq = typeof s === 'number' ? s : await s;
+    const p = mutex_lock(m);
+    if (p !== undefined) await p;
+    if (!mmu_interval_read_retry(sub, seq)) return seq;
+    mutex_unlock(m);
+    k.arena.i32[d + DmirrorL.retries]++;
+  }
+}
+
+/**
+ * Does the host still map vpn to pfn (tagged `tag`)? An invalidation that ran before
+ * dmirror_lock_seq's read_begin changed the host PTE without a callback left to zap it, so
+ * such a page is not installed (it reads back as missing).
+ */
+export function dmirror_host_maps(k: Kernel, d: number, vpn: number, pfn: number, tag: number): boolean {
+  const dev = dmirror_dev(k, d);
+  let flags = SPTE_VALID | tag_flags(tag);
+  if (is_device_private_page(k, pfn)) flags |= SPTE_DEVICE_PRIVATE;
+  return mirror_allows(host_pte(k, k.arena.i32[dev + DevL.mm], vpn * k.mmLayer.pageSize), (pfn << SPTE_PFN_SHIFT) | flags, tag === DPT_XA_TAG_WRITE);
 }
 
 export interface PtEntry {
@@ -140,14 +181,8 @@ export interface PtEntry {
 
 /** Every entry of pt in [start, end), in address order (tests, reports). */
 export function dmirror_pt_entries(k: Kernel, d: number, start = 0, end = 2 ** 48): PtEntry[] {
-  const w = k.arena.i32;
   const ps = k.mmLayer.pageSize;
-  const out: PtEntry[] = [];
-  k.pgtables.walk(w[d + DmirrorL.pt], start, end, (slot, addr) => {
-    const e = w[slot];
-    if (e !== 0) out.push({ vpn: addr / ps, pfn: xa_untag_pfn(e), tag: xa_pointer_tag(e) });
-  });
-  return out;
+  return shadowEntries(k, dmirror_dev(k, d), start, end).map((x) => ({ vpn: x.addr / ps, pfn: x.pfn, tag: spte_tag(x) }));
 }
 
 // ---- invalidation ----------------------------------------------------------------------------
@@ -163,16 +198,20 @@ function log_invalidation(k: Kernel, d: number, event: number, start: number, en
   w[d + DmirrorL.ev + event]++;
 }
 
-/** dmirror_do_update: erase [start >> PAGE_SHIFT, end >> PAGE_SHIFT], one page past the range (§4 quirk) */
-function dmirror_do_update(k: Kernel, d: number, start: number, end: number): void {
+/**
+ * dmirror_do_update: erase [start >> PAGE_SHIFT, end >> PAGE_SHIFT], one page past the range
+ * (§4 quirk): shadow_pte_zap of [start, end + PAGE_SIZE). Returns the TLB generation to fence on.
+ */
+function dmirror_do_update(k: Kernel, d: number, start: number, end: number): number {
   const ps = k.mmLayer.pageSize;
-  xa_erase_range(k, d, Math.floor(start / ps), Math.floor(end / ps));
+  return shadow_pte_zap(dmirror_dev(k, d), Math.floor(start / ps) * ps, (Math.floor(end / ps) + 1) * ps);
 }
 
 export const dmirror_min_ops = defineIntervalNotifierOps('dmirror_min_ops', {
   invalidate(mni, range, cur_seq) {
     const k = current.k;
-    const d = mmu_notifier_priv(mni);
+    const dev = mmu_notifier_priv(mni);
+    const d = device_priv(dev);
     // Ignore invalidation callbacks for device private pages since the invalidation is
     // handled as part of the migration process.
     if (range.event === MMU_NOTIFY_MIGRATE && range.owner === dmirror_mdevice(k, d)) {
@@ -181,18 +220,39 @@ export const dmirror_min_ops = defineIntervalNotifierOps('dmirror_min_ops', {
     }
     const m = dmirror_mutex(k, d);
     const blockable = mmu_notifier_range_blockable(range);
-    const body = (): boolean => {
+    const update = (): number => {
       mmu_interval_set_seq(mni, cur_seq);
-      dmirror_do_update(k, d, range.start, range.end);
+      const gen = dmirror_do_update(k, d, range.start, range.end);
       log_invalidation(k, d, range.event, range.start, range.end, blockable);
-      mutex_unlock(m);
-      return true;
+      return gen;
     };
     if (!blockable) {
-      if (mutex_trylock(m)) return body();
-      k.arena.i32[d + DmirrorL.eagain]++;
+      if (!mutex_trylock(m)) {
+        k.arena.i32[d + DmirrorL.eagain]++;
+        device_stat_add(dev, DEV_STAT.eagain);
+        return false;
+      }
+      // dmirror's own accesses run under the mutex, so none is in flight past the zap; an
+      // access that still is (a device program on this device) cannot be waited for here
+      const gen = update();
+      const eng = device_fence_busy(dev, gen);
+      mutex_unlock(m);
+      if (eng < 0) return true;
+      device_fence_fail(dev, gen, eng);
+      device_stat_add(dev, DEV_STAT.eagain);
       return false;
     }
+    const body = (): boolean | Promise<boolean> => {
+      const f = device_fence_wait(dev, update());
+      if (f === undefined) {
+        mutex_unlock(m);
+        return true;
+      }
+      return f.then(() => {
+        mutex_unlock(m);
+        return true;
+      });
+    };
     const p = mutex_lock(m);
     return p ? p.then(body) : body();
   },
@@ -220,81 +280,45 @@ export function dmirror_log_of(k: Kernel, d: number): DmirrorInvalidation[] {
 // ---- the mirror invariant ----------------------------------------------------------------------
 
 /**
- * DESIGN "The checks" 1, at one device access of the page at `vpn` through entry `e`: the host
- * PTE maps the same page now, writable if the access writes. pt holds the backing page of a
- * device-private page (BACKING_PAGE) and the page itself for an exclusive entry, so those host
- * entries are followed to it. Reports and returns false when it does not hold.
+ * DESIGN "The checks" 1 at one device access of the page at `vpn` through entry `e`: the
+ * layer's check (mirror_allows against the host PTE now); a failure counts in the device's
+ * violations statistic and is a 'mirror_invariant' record in dmirror's words (tag, and the
+ * §8.3 note when our own migration is in flight). The caller brackets the accesses with
+ * device_access_begin/end.
  */
-export function dmirror_check_access(k: Kernel, d: number, vpn: number, e: number, write: boolean): boolean {
+export function dmirror_check_access(k: Kernel, d: number, vpn: number, e: ShadowPte, write: boolean): boolean {
   const w = k.arena.i32;
+  const dev = dmirror_dev(k, d);
   const addr = vpn * k.mmLayer.pageSize;
-  const pgd = w[dmirror_mm(k, d) + MmL.pgd];
-  const slot = pgd === 0 ? -1 : pte_lookup(k, pgd, addr);
-  const pte = slot < 0 ? 0 : w[slot];
-  const pfn = xa_untag_pfn(e);
   w[d + DmirrorL.accesses]++;
-  let ok: boolean;
-  if (pte_present(pte)) ok = !pte_protnone(pte) && pte_pfn(pte) === pfn && (!write || pte_write(pte));
-  else if (is_device_private_entry(pte)) {
-    // pt names the device page itself (a fault found it in place) or its rpage (migration)
-    const dpfn = swp_offset(pte);
-    const isDev = (w[k.zone.page(dpfn) + PageL.flags] & PG_device_private) !== 0;
-    ok = isDev && (dpfn === pfn || zone_device_data(k, dpfn) === pfn) && (!write || is_writable_swp_entry(pte));
-  } else if (is_device_exclusive_entry(pte)) ok = swp_offset(pte) === pfn && (!write || is_writable_swp_entry(pte));
-  else ok = false;
-  if (ok) return true;
-  w[d + DmirrorL.violations]++;
+  const raw = (e.pfn << SPTE_PFN_SHIFT) | SPTE_VALID | (e.write ? SPTE_WRITE : 0) | (e.atomic ? SPTE_ATOMIC : 0) | (e.devicePrivate ? SPTE_DEVICE_PRIVATE : 0);
+  const pte = host_pte(k, w[dev + DevL.mm], addr);
+  if (mirror_allows(pte, raw, write)) return true;
+  device_stat_add(dev, DEV_STAT.violations);
   // §8.3's other face: our own device's page is migrating; its MIGRATE was ignored and the
   // entry goes only in dmirror_devmem_fault_alloc_and_copy, so it is still here meanwhile
   const dp = is_migration_entry(pte) ? swp_offset(pte) : 0;
   const ownMigration = dp !== 0 && (w[k.zone.page(dp) + PageL.flags] & PG_device_private) !== 0 && w[k.zone.page(dp) + PageL.owner] === dmirror_mdevice(k, d);
   if (ownMigration) w[d + DmirrorL.migrate_races]++;
-  const tag = xa_pointer_tag(e);
   splat(
     k,
     'mirror_invariant',
-    `mirror invariant: dmirror @${d.toString(16)} ${write ? 'writes' : 'reads'} 0x${addr.toString(16)} through pt (pfn ${pfn}, tag ${tag}), ` +
+    `mirror invariant: dmirror ${deviceLabel(k, dev)} ${write ? 'writes' : 'reads'} 0x${addr.toString(16)} through pt (pfn ${e.pfn}, tag ${spte_tag(e)}), ` +
       `but the host PTE is 0x${(pte >>> 0).toString(16)}${pte_present(pte) ? ` (pfn ${pte_pfn(pte)}${pte_write(pte) ? ', write' : ', read-only'}${pte_protnone(pte) ? ', PROT_NONE' : ''})` : pte === 0 ? ' (none)' : ' (not present)'}: an invalidation was lost` +
       (ownMigration ? ' (test_hmm ignores MIGRATE of its own device: the migration of this page is in flight)' : '') +
-      `\n${heldLocksText(k, current)}`,
+      ` (installed from seq ${e.seq})\n${heldLocksText(k, current)}`,
   );
   return false;
 }
 
-// ---- open / release --------------------------------------------------------------------------
-
-/** dmirror_fops_open's body for the opener's mm (held with mm_users > 0): the dmirror, or -errno. */
-export function dmirror_create(k: Kernel, mdevice: number, mm: number): number | Promise<number> {
-  const d = k.kmalloc.kzalloc(DmirrorL.$size);
-  if (d === 0) return -ENOMEM;
-  const pt = k.pgtables.pgd_alloc();
-  if (pt === 0) {
-    k.kmalloc.kfree(d);
-    return -ENOMEM;
-  }
-  const w = k.arena.i32;
-  w[d + DmirrorL.mdevice] = mdevice;
-  w[d + DmirrorL.pt] = pt;
-  w[d + DmirrorL.magic] = DMIRROR_MAGIC;
-  mutex_init(k, d + DmirrorL.mutex, 'dmirror->mutex', '&dmirror->mutex');
-  const done = (ret: number): number => {
-    if (ret === 0) return d;
-    k.pgtables.free_pgtables(pt, true);
-    k.kmalloc.kfree(d);
-    return ret;
-  };
-  // Mirror this process address space
-  const r = mmu_interval_notifier_insert(d + DmirrorL.notifier, mm, 0, PAGE_ALIGN_DOWN(ULONG_MAX), dmirror_min_ops, d);
-  return typeof r === 'number' ? done(r) : r.then(done);
+/** the device's violations (mirror invariant and retry protocol) */
+export function dmirror_violations(k: Kernel, d: number): number {
+  return k.arena.i32[dmirror_dev(k, d) + DevL.stats + DEV_STAT.violations];
 }
 
-/** dmirror_fops_release: remove the notifier (no callback runs after it), xa_destroy, kfree. */
-export async function dmirror_destroy(k: Kernel, d: number): Promise<void> {
-  const r = mmu_interval_notifier_remove(d + DmirrorL.notifier);
-  if (typeof r !== 'number') await r;
-  k.pgtables.free_pgtables(k.arena.i32[d + DmirrorL.pt], true);
-  k.arena.i32[d + DmirrorL.magic] = 0;
-  k.kmalloc.kfree(d);
+/** Is the device being closed (device_close has begun)? */
+export function dmirror_closing(k: Kernel, dev: number): boolean {
+  return Atomics.load(k.arena.i32, dev + DevL.state) === DEV_CLOSING;
 }
 
 // ---- the fault path ----------------------------------------------------------------------------
@@ -315,7 +339,7 @@ function dmirror_do_fault(k: Kernel, d: number, range: HmmRange): number {
       splat(k, 'warn', `WARNING: dmirror_do_fault: WARN_ON(range->default_flags & HMM_PFN_WRITE) at vpn 0x${vpn.toString(16)}`);
       return -EFAULT;
     }
-    const ret = xa_store(k, d, vpn, hmm_pfn_to_pfn(pfns, j), tag);
+    const ret = xa_store(k, d, vpn, hmm_pfn_to_pfn(pfns, j), tag, range.notifier_seq);
     if (ret !== 0) return ret;
   }
   return 0;
@@ -388,7 +412,7 @@ export async function dmirror_fault(k: Kernel, d: number, start: number, end: nu
   const mm = dmirror_mm(k, d);
   const ps = k.mmLayer.pageSize;
   const range = new HmmRange();
-  range.notifier = d + DmirrorL.notifier;
+  range.notifier = dmirror_notifier(k, d);
   range.hmm_pfns = hmm_pfns_alloc(DMIRROR_CHUNK_PAGES);
   range.pfn_flags_mask = 0;
   range.default_flags = HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0);

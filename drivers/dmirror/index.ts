@@ -5,12 +5,25 @@
 // faults counted per round, the endless READ/WRITE of a dead mm); the code is our own.
 //
 // Where it differs:
-// - The "device files" are a table in the arena: hmm_dmirror_init() makes the module (its
-//   word offset is what tasks pass around), dmirror_open(mod, minor) from a process's CPU
-//   task gives an fd, dmirror_ioctl(fd, cmd, arg) and dmirror_close(fd) follow. `arg` is an
-//   HmmDmirrorCmd (its out fields updated only on success) or the user address of a 40-byte
-//   struct hmm_dmirror_cmd, copied in and out with copy_from_user/copy_to_user.
-// - pt is a radix of host page tables standing in for the xarray (dmirror.ts).
+// - A driver of the device layer (src/device, defineDriver 'dmirror'): each open file is a
+//   device with struct dmirror as its state, the device's notifier lock as dmirror->mutex and
+//   its interval notifier as dmirror->notifier. hmm_dmirror_init() makes the module (its word
+//   offset is what tasks pass around); dmirror_open(mod, minor) from a process's CPU task is
+//   device_open and gives the device as the fd; dmirror_ioctl(mod, fd, cmd, arg) goes
+//   through device_ioctl (one command per HMM_DMIRROR_* name) and dmirror_close(mod, fd)
+//   through device_close. `arg` is an HmmDmirrorCmd (its out fields updated only on success)
+//   or the user address of a 40-byte struct hmm_dmirror_cmd, copied in and out with
+//   copy_from_user/copy_to_user.
+// - pt is the device's shadow page table standing in for the xarray (dmirror.ts): entries go
+//   in through shadow_pte_install (the retry protocol checked), the invalidation zaps with
+//   shadow_pte_zap, and each page the device reads or writes is a device access the layer's
+//   mirror-invariant check (mirror_allows; the record is in dmirror's words, the count in
+//   the device's violations) sees. MIGRATE_TO_DEV maps the device page itself (tagged
+//   device-private) where test_hmm stores its backing page; copies go through the rpage.
+// - MIGRATE_TO_DEV's and EXCLUSIVE's installs, which test_hmm makes with no sequence, take one
+//   (read_begin, then the mutex, until read_retry is false) and leave out a page whose host
+//   entry an earlier invalidation already changed; migrate_to_ram's erase takes the mutex
+//   (test_hmm's xa_erase takes only the xarray's lock).
 // - Device memory: DEVMEM_CHUNK_PAGES-page chunks of zone frames, not 256 MiB (devmem.ts);
 //   devices 2-3 (DEVICE_COHERENT, module parameters spm_addr_dev0/1) are left out, as the
 //   kernel leaves them out without those parameters: opening them is -ENXIO.
@@ -18,13 +31,11 @@
 //   has order-0 pages only, so it changes nothing.
 // - The endless READ/WRITE on a dead mm stops after DMIRROR_LIVELOCK_ROUNDS rounds with a
 //   'liveness' record; every device access checks the mirror invariant ('mirror_invariant').
+// - Device faults raised through the layer (the driver's fault handler) run dmirror_fault.
 // - Chunks of ARRAY_SIZE(pfns) = 64 pages, as the source has it (reference §4 says 32).
 // - READ/WRITE through an entry that names a device-private page (dmirror_do_fault stores it
 //   in place, as test_hmm does) copy through its rpage: the kernel would memcpy through a
 //   struct page that has no linear mapping.
-// - Not yet on src/device (defineDriver, shadow_pte_install, mirror_check): that layer landed
-//   while this was written. The switch is local: xa_* in dmirror.ts become the device's shadow
-//   table, dmirror_check_access its mirror check, and the fd table device_open/ioctl/close.
 
 import { current } from '../../src/sched/current.js';
 import type { Kernel } from '../../src/sched/kernel.js';
@@ -32,7 +43,23 @@ import { defineStruct } from '../../src/shm/layout.js';
 import { EBADF, EFAULT, EINVAL, ENOMEM } from '../../src/shm/errno.js';
 import { mutex_lock, mutex_unlock } from '../../src/sync/mutex.js';
 import { current_mm, copy_from_user, copy_to_user } from '../../src/mm/uaccess.js';
-import { DmirrorL, dmirror_create, dmirror_destroy, dmirror_forget_hooks, dmirror_log_of, dmirror_mutex, dmirror_pt_entries, dmirror_set_hooks, type DmirrorHooks, type DmirrorInvalidation, type PtEntry } from './dmirror.js';
+import { DEV_FAULT_WRITE, DEV_LIVE, DevL, defineDriver, devicesOf, device_close, device_ioctl, device_open, device_priv, driverOf } from '../../src/device/index.js';
+import {
+  DMIRROR_MAGIC,
+  DmirrorL,
+  dmirror_closing,
+  dmirror_fault,
+  dmirror_forget_hooks,
+  dmirror_log_of,
+  dmirror_min_ops,
+  dmirror_mutex,
+  dmirror_pt_entries,
+  dmirror_set_hooks,
+  dmirror_violations,
+  type DmirrorHooks,
+  type DmirrorInvalidation,
+  type PtEntry,
+} from './dmirror.js';
 import { dmirror_bounce_init, dmirror_check_atomic, dmirror_rw_loop, type DmirrorCmdState } from './rw.js';
 import { DEVMEM_CHUNK_PAGES, DmirrorDeviceL, dmirror_allocate_chunk, dmirror_device_setup } from './devmem.js';
 import { dmirror_snapshot } from './snapshot.js';
@@ -40,6 +67,7 @@ import { dmirror_device_remove_chunks, dmirror_exclusive, dmirror_migrate_to_dev
 import {
   HMM_DMIRROR_CHECK_EXCLUSIVE,
   HMM_DMIRROR_CMD_BYTES,
+  HMM_DMIRROR_CMD_NAMES,
   HMM_DMIRROR_EXCLUSIVE,
   HMM_DMIRROR_FLAGS,
   HMM_DMIRROR_MEMORY_DEVICE_PRIVATE,
@@ -58,15 +86,12 @@ export { DMIRROR_CHUNK_PAGES, DMIRROR_LIVELOCK_ROUNDS, DMIRROR_LOG_ENTRIES, DPT_
 export { DEVMEM_CHUNK_PAGES, DmirrorDeviceL, dmirror_chunks } from './devmem.js';
 
 export const DMIRROR_NDEVICES = 4;
-/** open files at once, over all devices */
-export const DMIRROR_MAX_FILES = 32;
 /** ENXIO (errno-base.h 6): what opening a char device without a cdev gives */
 export const ENXIO = 6;
 
-/** the module: its devices and the open files (fd = slot) */
+/** the module: its devices (the open files are devices of the device layer) */
 export const HmmDmirrorL = defineStruct('hmm_dmirror', {
   devices: DMIRROR_NDEVICES, // struct dmirror_device *, 0 where the device is left out
-  files: DMIRROR_MAX_FILES, // struct dmirror * of each open fd
 });
 
 export interface DmirrorInitOpts {
@@ -118,10 +143,28 @@ export function dmirror_device(mod: number, id: number): number {
   return current.k.arena.i32[mod + HmmDmirrorL.devices + id];
 }
 
-/** The struct dmirror behind an fd, 0 if the fd is not open. */
+/**
+ * The device behind an fd of this module: the fd itself when it is a live (or closing)
+ * dmirror device whose mirror belongs to one of mod's devices, else 0.
+ */
+function dmirror_dev_of(mod: number, fd: number): number {
+  const k = current.k;
+  const w = k.arena.i32;
+  if (!Number.isInteger(fd) || fd <= 0 || !devicesOf(k).includes(fd)) return 0;
+  if (driverOf(fd).name !== DMIRROR_DRIVER.name) return 0;
+  const d = device_priv(fd);
+  if (d === 0) return 0;
+  const md = w[d + DmirrorL.mdevice];
+  for (let id = 0; id < DMIRROR_NDEVICES; id++) if (md !== 0 && w[mod + HmmDmirrorL.devices + id] === md) return fd;
+  return 0;
+}
+
+/** The struct dmirror behind an fd: 0 if the fd is not open, -1 while it is being closed. */
 export function dmirror_of(mod: number, fd: number): number {
-  if (!Number.isInteger(fd) || fd < 0 || fd >= DMIRROR_MAX_FILES) return 0;
-  return Atomics.load(current.k.arena.i32, mod + HmmDmirrorL.files + fd);
+  const dev = dmirror_dev_of(mod, fd);
+  if (dev === 0) return 0;
+  if (Atomics.load(current.k.arena.i32, dev + DevL.state) !== DEV_LIVE || dmirror_closing(current.k, dev)) return -1;
+  return device_priv(dev);
 }
 
 /** open("/dev/hmm_dmirror<minor>") from a process's CPU task: mirror its mm. fd or -errno. */
@@ -132,25 +175,15 @@ export async function dmirror_open(mod: number, minor: number): Promise<number> 
   if (md === 0) return -ENXIO;
   const mm = current_mm();
   if (mm === 0) return -EINVAL;
-  let fd = -1;
-  for (let i = 0; i < DMIRROR_MAX_FILES && fd < 0; i++) if (Atomics.compareExchange(w, mod + HmmDmirrorL.files + i, 0, -1) === 0) fd = i;
-  if (fd < 0) return -ENOMEM; // -EMFILE in a real fd table
-  const r = dmirror_create(k, md, mm);
-  const d = typeof r === 'number' ? r : await r;
-  Atomics.store(w, mod + HmmDmirrorL.files + fd, d > 0 ? d : 0);
-  return d > 0 ? fd : d;
+  // the device's pgmap owner is the dmirror_device, as test_hmm's pgmap owner is
+  return device_open(DMIRROR_DRIVER.name, { mm, name: `hmm_dmirror${minor}`, owner: md, mdevice: md });
 }
 
-/** close(fd): dmirror_fops_release. */
+/** close(fd): dmirror_fops_release (device_close: notifier removed, shadow table freed). */
 export async function dmirror_close(mod: number, fd: number): Promise<number> {
-  const k = current.k;
   const d = dmirror_of(mod, fd);
   if (d <= 0) return -EBADF;
-  Atomics.store(k.arena.i32, mod + HmmDmirrorL.files + fd, -1); // no new ioctl finds it
-  dmirror_forget_hooks(d);
-  await dmirror_destroy(k, d);
-  Atomics.store(k.arena.i32, mod + HmmDmirrorL.files + fd, 0);
-  return 0;
+  return device_close(fd);
 }
 
 // ---- ioctl -----------------------------------------------------------------------------------
@@ -192,7 +225,7 @@ export async function dmirror_ioctl(mod: number, fd: number, command: number, ar
   const kept = { ret: 0, cpages: cmd.cpages, faults: cmd.faults };
   if (d < 0) return { ...kept, ret: -EINVAL }; // being closed: private_data is gone
   const st: DmirrorCmdState & { ptr: number } = { addr: cmd.addr, ptr: cmd.ptr, npages: cmd.npages, cpages: 0, faults: 0, livelock: false };
-  const ret = await dmirror_ioctl_cmd(k, d, command, st);
+  const ret = await dmirror_ioctl_cmd(k, fd, command, st);
   if (st.livelock) return { ret, cpages: st.cpages, faults: st.faults, livelock: true };
   if (ret !== 0) return { ...kept, ret };
   if (user && (await copy_to_user(arg, writeCmd({ ...cmd, cpages: st.cpages, faults: st.faults }))) !== 0) return { ...kept, ret: -EFAULT };
@@ -203,42 +236,75 @@ export async function dmirror_ioctl(mod: number, fd: number, command: number, ar
   return { ret: 0, cpages: st.cpages, faults: st.faults };
 }
 
-async function dmirror_ioctl_cmd(k: Kernel, d: number, command: number, cmd: DmirrorCmdState & { ptr: number }): Promise<number> {
-  const ps = k.mmLayer.pageSize;
+type Cmd = DmirrorCmdState & { ptr: number };
+
+/** dmirror_fops_unlocked_ioctl's checks, then the command through device_ioctl */
+async function dmirror_ioctl_cmd(k: Kernel, dev: number, command: number, cmd: Cmd): Promise<number> {
   // not u64 at all: no C caller can pass that
   if (!isU64(cmd.addr) || !isU64(cmd.ptr) || !isU64(cmd.npages)) return -EINVAL;
-  if (cmd.addr % ps !== 0) return -EINVAL;
+  if (cmd.addr % k.mmLayer.pageSize !== 0) return -EINVAL;
   // cmd.addr >= cmd.addr + (cmd.npages << PAGE_SHIFT), in u64 arithmetic
   const M = 1n << 64n;
   const a = BigInt(cmd.addr);
   if (a >= (a + ((BigInt(cmd.npages) << BigInt(k.mmLayer.pageShift)) % M)) % M) return -EINVAL;
   cmd.cpages = 0;
   cmd.faults = 0;
-  switch (command) {
-    case HMM_DMIRROR_READ:
-      return dmirror_read(k, d, cmd);
-    case HMM_DMIRROR_WRITE:
-      return dmirror_write(k, d, cmd);
-    case HMM_DMIRROR_MIGRATE_TO_DEV:
-      return dmirror_migrate_to_device(k, d, cmd);
-    case HMM_DMIRROR_MIGRATE_TO_SYS:
-      return dmirror_migrate_to_system(k, d, cmd);
-    case HMM_DMIRROR_EXCLUSIVE:
-      return dmirror_exclusive(k, d, cmd);
-    case HMM_DMIRROR_CHECK_EXCLUSIVE:
-      return dmirror_check_atomic(k, d, cmd.addr, cmd.addr + cmd.npages * ps);
-    case HMM_DMIRROR_SNAPSHOT:
-      return dmirror_snapshot(k, d, cmd);
-    case HMM_DMIRROR_RELEASE:
+  const name = Object.hasOwn(HMM_DMIRROR_CMD_NAMES, command) ? HMM_DMIRROR_CMD_NAMES[command] : '';
+  if (name === '') return -EINVAL;
+  return (await device_ioctl<number>(dev, name, cmd)) as number;
+}
+
+/** a command of the driver: the device's struct dmirror and the copied-in command */
+function command(fn: (k: Kernel, d: number, cmd: Cmd) => number | Promise<number>): (dev: number, cmd: Cmd) => number | Promise<number> {
+  return (dev, cmd) => fn(current.k, device_priv(dev), cmd);
+}
+
+/** The driver: one device per open file of /dev/hmm_dmirror<minor>. */
+export const DMIRROR_DRIVER = defineDriver({
+  name: 'dmirror',
+  state: DmirrorL,
+  lock: { kind: 'mutex', name: 'dmirror->mutex', class: '&dmirror->mutex' },
+  // Mirror this process address space
+  notifier: { kind: 'interval', ops: dmirror_min_ops },
+  open(dev, opts) {
+    const k = current.k;
+    const w = k.arena.i32;
+    const d = device_priv(dev);
+    const md = typeof opts.mdevice === 'number' ? opts.mdevice : 0;
+    if (md === 0) return -EINVAL;
+    w[d + DmirrorL.dev] = dev;
+    w[d + DmirrorL.mdevice] = md;
+    w[d + DmirrorL.magic] = DMIRROR_MAGIC;
+    return 0;
+  },
+  release(dev) {
+    const d = device_priv(dev);
+    dmirror_forget_hooks(d);
+    current.k.arena.i32[d + DmirrorL.magic] = 0;
+  },
+  fault(dev, addr, npages, flags) {
+    const k = current.k;
+    return dmirror_fault(k, device_priv(dev), addr, addr + npages * k.mmLayer.pageSize, (flags & DEV_FAULT_WRITE) !== 0);
+  },
+  // one command per ioctl, under its uapi name (dmirror_ioctl maps the number to it)
+  commands: {
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_READ]]: command(dmirror_read),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_WRITE]]: command(dmirror_write),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_MIGRATE_TO_DEV]]: command(dmirror_migrate_to_device),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_MIGRATE_TO_SYS]]: command(dmirror_migrate_to_system),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_EXCLUSIVE]]: command(dmirror_exclusive),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_CHECK_EXCLUSIVE]]: command((k, d, cmd) => dmirror_check_atomic(k, d, cmd.addr, cmd.addr + cmd.npages * k.mmLayer.pageSize)),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_SNAPSHOT]]: command(dmirror_snapshot),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_RELEASE]]: command(async (k, d) => {
       await dmirror_device_remove_chunks(k, k.arena.i32[d + DmirrorL.mdevice]);
       return 0;
-    case HMM_DMIRROR_FLAGS:
+    }),
+    [HMM_DMIRROR_CMD_NAMES[HMM_DMIRROR_FLAGS]]: command((k, d, cmd) => {
       k.arena.i32[d + DmirrorL.flags] = cmd.npages;
       return 0;
-    default:
-      return -EINVAL;
-  }
-}
+    }),
+  },
+});
 
 /** dmirror_read: fault and copy through pt, then copy_to_user of the whole bounce buffer */
 async function dmirror_read(k: Kernel, d: number, cmd: DmirrorCmdState & { ptr: number }): Promise<number> {
@@ -279,7 +345,7 @@ export function dmirror_stats(
     programs: f(DmirrorL.programs),
     timeouts: f(DmirrorL.timeouts),
     accesses: f(DmirrorL.accesses),
-    violations: f(DmirrorL.violations),
+    violations: d > 0 ? dmirror_violations(current.k, d) : 0,
     livelocks: f(DmirrorL.livelocks),
     migrate_skipped: f(DmirrorL.migrate_skipped),
     migrate_races: f(DmirrorL.migrate_races),
@@ -299,7 +365,7 @@ export function dmirror_device_counters(mod: number, id: number): { calloc: numb
   return { calloc: w[md + DmirrorDeviceL.calloc], cfree: w[md + DmirrorDeviceL.cfree] };
 }
 
-/** Hold an open file's mutex (a test standing in for a driver thread that holds it). */
+/** Hold an open file's mutex (the device's notifier lock; a test standing in for a driver thread that holds it). */
 export function dmirror_lock(mod: number, fd: number): Promise<void> | undefined {
   return mutex_lock(dmirror_mutex(current.k, dmirror_of(mod, fd)));
 }

@@ -41,8 +41,13 @@ import {
   dmirror_mdevice,
   dmirror_mm,
   dmirror_mutex,
+  dmirror_host_maps,
+  dmirror_lock_seq,
+  xa_erase,
   xa_store,
 } from './dmirror.js';
+import { host_pte } from '../../src/device/index.js';
+import { is_migration_entry, swp_offset } from '../../src/mm/pgtable.js';
 import { dmirror_bounce_init, dmirror_do_read, type DmirrorCmdState } from './rw.js';
 import { BACKING_PAGE, DmirrorChunkL, DmirrorDeviceL, dmirror_devmem_alloc_page, dmirror_devmem_fault_alloc_and_copy } from './devmem.js';
 
@@ -77,18 +82,34 @@ async function dmirror_migrate_alloc_and_copy(k: Kernel, args: MigrateVma, d: nu
   }
 }
 
-/** dmirror_migrate_finalize_and_map: map the migrated pages into pt (their backing pages) */
+/**
+ * dmirror_migrate_finalize_and_map: map the migrated pages into pt. test_hmm stores the
+ * backing page; here the entry names the device page itself (SPTE_DEVICE_PRIVATE), which is
+ * what the host's device-private entry names, and the device's copies follow it to its rpage.
+ */
 async function dmirror_migrate_finalize_and_map(k: Kernel, args: MigrateVma, d: number): Promise<number> {
   const ps = k.mmLayer.pageSize;
   const m = dmirror_mutex(k, d);
-  await n(mutex_lock(m));
+  const seq = await dmirror_lock_seq(k, d);
   try {
     for (let i = 0, vpn = args.start / ps; vpn < args.end / ps; i++, vpn++) {
       if ((args.src[i] & MIGRATE_PFN_MIGRATE) === 0) continue;
       const dpage = migrate_pfn_to_page(args.dst[i]);
       if (dpage === 0) continue;
-      // Store the page that holds the data so the page table doesn't have to deal with ZONE_DEVICE private pages.
-      const ret = xa_store(k, d, vpn, BACKING_PAGE(k, dpage), (args.dst[i] & MIGRATE_PFN_WRITE) !== 0 ? DPT_XA_TAG_WRITE : 0);
+      // test_hmm: "Store the page that holds the data so the page table doesn't have to deal
+      // with ZONE_DEVICE private pages" -- ours stores the device page, tagged device-private
+      const tag = (args.dst[i] & MIGRATE_PFN_WRITE) !== 0 ? DPT_XA_TAG_WRITE : 0;
+      // before migrate_vma_finalize the host holds the migration entry of the source page
+      const src = migrate_pfn_to_page(args.src[i]);
+      const pte = host_pte(k, dmirror_mm(k, d), vpn * ps);
+      const intact = (is_migration_entry(pte) && src !== 0 && swp_offset(pte) === src) || dmirror_host_maps(k, d, vpn, dpage, tag);
+      if (!intact) {
+        // an invalidation ran before dmirror_lock_seq's read_begin: map nothing (the entry
+        // of the source page goes too)
+        xa_erase(k, d, vpn);
+        continue;
+      }
+      const ret = xa_store(k, d, vpn, dpage, tag, seq);
       if (ret !== 0) return ret;
     }
     return 0;
@@ -193,8 +214,8 @@ export async function dmirror_exclusive(k: Kernel, d: number, cmd: Cmd): Promise
       }
       // dmirror_atomic_map
       const m = dmirror_mutex(k, d);
-      await n(mutex_lock(m));
-      ret = xa_store(k, d, addr / ps, page, DPT_XA_TAG_ATOMIC);
+      const seq = await dmirror_lock_seq(k, d);
+      if (dmirror_host_maps(k, d, addr / ps, page, DPT_XA_TAG_ATOMIC)) ret = xa_store(k, d, addr / ps, page, DPT_XA_TAG_ATOMIC, seq);
       mutex_unlock(m);
       folio_unlock(k, page);
       folio_put(k, page);

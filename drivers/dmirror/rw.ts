@@ -10,19 +10,9 @@ import { mutex_lock, mutex_unlock } from '../../src/sync/mutex.js';
 import { zone_device_data } from '../../src/mm/memremap.js';
 import { PG_device_private, PageL } from '../../src/mm/page.js';
 import { MmL } from '../../src/mm/types.js';
-import {
-  DMIRROR_LIVELOCK_ROUNDS,
-  DPT_XA_TAG_ATOMIC,
-  DPT_XA_TAG_WRITE,
-  DmirrorL,
-  dmirror_check_access,
-  dmirror_fault,
-  dmirror_mm,
-  dmirror_mutex,
-  xa_load,
-  xa_pointer_tag,
-  xa_untag_pfn,
-} from './dmirror.js';
+import { EBUSY } from '../../src/shm/errno.js';
+import { device_access_begin, device_access_end, device_engine_claim, device_engine_release, shadowEntries } from '../../src/device/index.js';
+import { DMIRROR_LIVELOCK_ROUNDS, DmirrorL, dmirror_check_access, dmirror_dev, dmirror_fault, dmirror_mm, dmirror_mutex, xa_load } from './dmirror.js';
 
 // ---- device reads and writes through pt -----------------------------------------------------------
 
@@ -50,37 +40,60 @@ function data_pfn(k: Kernel, pfn: number): number {
   return (k.arena.i32[k.zone.page(pfn) + PageL.flags] & PG_device_private) !== 0 ? zone_device_data(k, pfn) : pfn;
 }
 
+/**
+ * One device access of pages [start, end) (mutex held): an engine slot claimed for current,
+ * device_access_begin / device_access_end around the per-page copies, so an invalidation's
+ * fence sees it in flight.
+ */
+function device_burst(k: Kernel, d: number, fn: () => number): number {
+  const dev = dmirror_dev(k, d);
+  const eng = device_engine_claim(dev);
+  if (eng < 0) return -EBUSY;
+  const before = k.arena.i32[d + DmirrorL.accesses];
+  device_access_begin(k, dev, eng);
+  try {
+    return fn();
+  } finally {
+    device_access_end(k, dev, eng, k.arena.i32[d + DmirrorL.accesses] - before);
+    device_engine_release(dev, eng);
+  }
+}
+
 /** dmirror_do_read: copy pages out through pt up to the first missing one (-ENOENT). Mutex held. */
 export function dmirror_do_read(k: Kernel, d: number, start: number, end: number, b: DmirrorBounce): number {
   const ps = k.mmLayer.pageSize;
   const u8 = k.arena.u8;
   let off = Math.floor((start - b.addr) / ps) * ps;
-  for (let vpn = start / ps; vpn < Math.floor(end / ps); vpn++) {
-    const e = xa_load(k, d, vpn);
-    if (e === 0) return -ENOENT;
-    if (!dmirror_check_access(k, d, vpn, e, false)) return -EFAULT;
-    const at = k.zone.pageData(data_pfn(k, xa_untag_pfn(e))) * 4;
-    b.buf.set(u8.subarray(at, at + ps), off);
-    off += ps;
-    b.cpages++;
-  }
-  return 0;
+  return device_burst(k, d, () => {
+    for (let vpn = start / ps; vpn < Math.floor(end / ps); vpn++) {
+      const e = xa_load(k, d, vpn);
+      if (e === null) return -ENOENT;
+      if (!dmirror_check_access(k, d, vpn, e, false)) return -EFAULT;
+      const at = k.zone.pageData(data_pfn(k, e.pfn)) * 4;
+      b.buf.set(u8.subarray(at, at + ps), off);
+      off += ps;
+      b.cpages++;
+    }
+    return 0;
+  });
 }
 
-/** dmirror_do_write: the same into the pages, needing tag DPT_XA_TAG_WRITE. Mutex held. */
+/** dmirror_do_write: the same into the pages, needing tag DPT_XA_TAG_WRITE (SPTE_WRITE). Mutex held. */
 function dmirror_do_write(k: Kernel, d: number, start: number, end: number, b: DmirrorBounce): number {
   const ps = k.mmLayer.pageSize;
   const u8 = k.arena.u8;
   let off = Math.floor((start - b.addr) / ps) * ps;
-  for (let vpn = start / ps; vpn < Math.floor(end / ps); vpn++) {
-    const e = xa_load(k, d, vpn);
-    if (e === 0 || xa_pointer_tag(e) !== DPT_XA_TAG_WRITE) return -ENOENT;
-    if (!dmirror_check_access(k, d, vpn, e, true)) return -EFAULT;
-    u8.set(b.buf.subarray(off, off + ps), k.zone.pageData(data_pfn(k, xa_untag_pfn(e))) * 4);
-    off += ps;
-    b.cpages++;
-  }
-  return 0;
+  return device_burst(k, d, () => {
+    for (let vpn = start / ps; vpn < Math.floor(end / ps); vpn++) {
+      const e = xa_load(k, d, vpn);
+      if (e === null || !e.write) return -ENOENT;
+      if (!dmirror_check_access(k, d, vpn, e, true)) return -EFAULT;
+      u8.set(b.buf.subarray(off, off + ps), k.zone.pageData(data_pfn(k, e.pfn)) * 4);
+      off += ps;
+      b.cpages++;
+    }
+    return 0;
+  });
 }
 
 export interface DmirrorCmdState {
@@ -139,10 +152,5 @@ export async function dmirror_rw_loop(k: Kernel, d: number, cmd: DmirrorCmdState
  * loads every index; we visit the entries there are, which answers the same.
  */
 export function dmirror_check_atomic(k: Kernel, d: number, start: number, end: number): number {
-  const w = k.arena.i32;
-  let ret = 0;
-  k.pgtables.walk(w[d + DmirrorL.pt], start, Math.min(end, 2 ** 48), (slot) => {
-    if (w[slot] !== 0 && xa_pointer_tag(w[slot]) === DPT_XA_TAG_ATOMIC) ret = -EPERM;
-  });
-  return ret;
+  return shadowEntries(k, dmirror_dev(k, d), start, Math.min(end, 2 ** 48)).some((x) => x.atomic && !x.write) ? -EPERM : 0;
 }
