@@ -3,7 +3,8 @@
 // lockdep is off), and the sequence the entry comes from has not moved (mmu_interval_read_retry
 // on the subscription, or the driver's own seq_retry). A broken rule is a 'retry_protocol'
 // record, and the entry still goes in, as the buggy driver would have it. shadow_pte_zap
-// clears a range and bumps the TLB generation the fence waits on.
+// clears a range and bumps the TLB generation the fence waits on; it asserts the notifier lock
+// is held too (a 'lockdep_assert' record when not).
 
 import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
@@ -27,6 +28,23 @@ function retryViolation(k: Kernel, dev: number, what: string): void {
   if (Atomics.add(k.arena.i32, dev + DevL.violation_records, 1) >= MAX_VIOLATION_RECORDS) return;
   const t = current;
   splat(k, 'retry_protocol', [`WARNING: shadow_pte_install on ${deviceLabel(k, dev)}: ${what}`, heldLocksText(k, t), recentEventsText(k, t.id)].join('\n'));
+}
+
+function zapUnlocked(k: Kernel, dev: number, start: number, end: number): void {
+  device_stat_add(dev, DEV_STAT.violations);
+  if (Atomics.add(k.arena.i32, dev + DevL.violation_records, 1) >= MAX_VIOLATION_RECORDS) return;
+  const t = current;
+  const l = device_lock_obj(dev);
+  splat(
+    k,
+    'lockdep_assert',
+    [
+      `WARNING: lockdep_assert_held(${objLabel(k, l.at)}) failed in shadow_pte_zap on ${deviceLabel(k, dev)} [0x${start.toString(16)}, 0x${end === Infinity ? 'end' : end.toString(16)}) by ${t.name}/${t.id}: ` +
+        'shadow PTEs may only be zapped with the notifier lock held (otherwise a fault can check mmu_interval_read_retry and install between the sequence update and the zap)',
+      heldLocksText(k, t),
+      recentEventsText(k, t.id),
+    ].join('\n'),
+  );
 }
 
 /** Check 5 for an install from `seq` at addr; false (with a record) when broken. */
@@ -128,6 +146,9 @@ export function shadow_pte_zap(dev: number, start: number, end: number): number 
   const t = current;
   const k = t.k;
   const w = k.arena.i32;
+  // lockdep_assert_held on the notifier lock, as drm_gpusvm and amdgpu assert it: a zap
+  // outside the lock races the fault path's retry check and install
+  if (!lockHeld(k, dev)) zapUnlocked(k, dev, start, end);
   const n = spt_clear(k, w[dev + DevL.root], start, end);
   const gen = device_tlb_flush(dev);
   if (n !== 0) device_stat_add(dev, DEV_STAT.zapped, n);

@@ -43,6 +43,26 @@ const BENCHES: Record<string, () => Promise<Record<string, number>>> = {
     const { benchInvalidate2mb } = await import('./invalidate.js');
     return { invalidate_2mb_us: (await benchInvalidate2mb()).invalidate_2mb_us };
   },
+  // device fault service through the hmm_range_fault loop, 1 page and 512 pages (wall time)
+  async device_fault() {
+    const { benchDeviceFault } = await import('./device_fault.js');
+    return { ...(await benchDeviceFault()) };
+  },
+  // munmap of 2 MiB mirrored by 4 devices
+  async invalidate_4dev() {
+    const { benchInvalidate2mb4dev } = await import('./device_fault.js');
+    return { ...(await benchInvalidate2mb4dev()) };
+  },
+  // 4 device workers and 2 CPU tasks on one mm for 10 s under `threads`
+  async threads_stress() {
+    const { benchThreadsStress } = await import('./threads_stress.js');
+    return { ...(await benchThreadsStress()) };
+  },
+  async device_access() {
+    const { benchDeviceAccess } = await import('./device.js');
+    const r = await benchDeviceAccess();
+    return { device_access_per_s_checked: Math.round(r.device_access_per_s_checked), device_access_per_s_unchecked: Math.round(r.device_access_per_s_unchecked) };
+  },
   async threads() {
     const { benchThreadsHandoff } = await import('./threads_handoff.js');
     const r = await benchThreadsHandoff();

@@ -8,10 +8,11 @@ import { fileURLToPath } from 'node:url';
 import { progress } from './measure.js';
 
 /** in run order; each names an entry of one.ts */
-const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault', 'invalidate'];
+const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault', 'invalidate', 'device_access', 'device_fault', 'invalidate_4dev', 'threads_stress'];
 // per benchmark: a hung one must not hold the whole bench much past 2 minutes
 const TIMEOUT_MS = 30_000;
 const THREADS_TIMEOUT_MS = 60_000; // its workers hand off ~50k times
+const LONG: Record<string, number> = { threads: THREADS_TIMEOUT_MS, threads_stress: 45_000 }; // threads_stress runs 10 s by definition
 
 export const GOALS = {
   mutex_uncontended_ns: { max: 25 },
@@ -24,7 +25,7 @@ const ONE = fileURLToPath(new URL('./one.js', import.meta.url));
 function runOne(name: string): Promise<Record<string, number>> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
-    const timeout = name === 'threads' ? THREADS_TIMEOUT_MS : TIMEOUT_MS;
+    const timeout = LONG[name] ?? TIMEOUT_MS;
     const child = execFile(process.execPath, [ONE, name], { timeout, maxBuffer: 1 << 20 }, (err, stdout) => {
       if (err) return reject(new Error(`benchmark '${name}' failed: ${err.killed ? `no result within ${timeout} ms` : err.message}`));
       try {
@@ -49,6 +50,10 @@ const KEYS: Record<string, string[]> = {
   threads: ['threads_mutex_handoff_p50_us', 'raw_atomics_handoff_p50_us'],
   fault: ['cpu_fault_per_s', 'native_fault_per_s'],
   invalidate: ['invalidate_2mb_us'],
+  device_access: ['device_access_per_s_checked', 'device_access_per_s_unchecked'],
+  device_fault: ['device_fault_4k_p50_us', 'device_fault_2mb_p50_us'],
+  invalidate_4dev: ['invalidate_2mb_4dev_us', 'munmap_2mb_0dev_us'],
+  threads_stress: ['threads_stress_ops_per_s', 'threads_stress_device_pages', 'threads_stress_cpu_ops'],
 };
 
 async function main(): Promise<void> {
