@@ -72,6 +72,7 @@ export class Lockdep {
     this.edges = this.matrix + this.maxClasses * this.maxClasses;
     this.fs_reclaim_map = this.hdr + H_FS_RECLAIM;
     this.invalidate_start_map = this.hdr + H_INV_START;
+    this.on = this.w[this.hdr + H_ENABLED] !== 0;
   }
 
   static plan(plan: ArenaPlan, maxClasses: number, maxEdges: number): void {
@@ -92,11 +93,19 @@ export class Lockdep {
     initObj(this.k, this.invalidate_start_map, 'mmu_notifier_invalidate_range_start', 'mmu_notifier_invalidate_range_start');
   }
 
+  /**
+   * Lockdep is switched at boot (config.lockdep). Every lock operation tests this, so it is a
+   * plain field, read from the arena when a thread attaches; the setter writes both, so a
+   * switch in the boot context reaches workers started after it (not ones already running).
+   */
+  private on = false;
+
   get enabled(): boolean {
-    return this.w[this.hdr + H_ENABLED] !== 0;
+    return this.on;
   }
 
   set enabled(on: boolean) {
+    this.on = on;
     this.w[this.hdr + H_ENABLED] = on ? 1 : 0;
   }
 
@@ -143,7 +152,7 @@ export class Lockdep {
    *  reported even when this run would have deadlocked right after. */
   acquire(t: Task, lock: number, flags: number): void {
     // small enough for V8 to inline into every lock's fast path; the body stays out of line
-    if (this.w[this.hdr + H_ENABLED] !== 0) this.__lock_acquire(t, lock, flags);
+    if (this.on) this.__lock_acquire(t, lock, flags);
   }
 
   private __lock_acquire(t: Task, lock: number, flags: number): void {
@@ -187,7 +196,7 @@ export class Lockdep {
 
   /** lock_release: pop the entry (in any order, as the kernel allows). */
   release(t: Task, lock: number): void {
-    if (this.w[this.hdr + H_ENABLED] !== 0) this.__lock_release(t, lock);
+    if (this.on) this.__lock_release(t, lock);
   }
 
   private __lock_release(t: Task, lock: number): void {

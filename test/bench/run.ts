@@ -18,6 +18,7 @@ export const GOALS = {
   mutex_uncontended_ns: { max: 25 },
   sim_sched_points_per_s: { min: 2_000_000 },
   cpu_fault_per_s: { min: 500_000 },
+  threads_mutex_handoff_ratio: { max: 1.2 },
 } as const;
 
 const ONE = fileURLToPath(new URL('./one.js', import.meta.url));
@@ -70,6 +71,10 @@ async function main(): Promise<void> {
       for (const key of KEYS[name]) figures[key] ??= null;
     }
   }
+  // the hand-off goal is relative: the mutex within 1.2x of the bare Atomics figure, same run
+  const hm = figures.threads_mutex_handoff_p50_us;
+  const hr = figures.raw_atomics_handoff_p50_us;
+  figures.threads_mutex_handoff_ratio = typeof hm === 'number' && typeof hr === 'number' && hr > 0 ? Math.round((hm / hr) * 100) / 100 : null;
   const met: Record<string, boolean | null> = {};
   for (const [key, goal] of Object.entries(GOALS)) {
     const v = figures[key];
