@@ -7,20 +7,19 @@
 
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { bootKernel, type BootConfig } from '../src/run/boot.js';
+import { bootKernel } from '../src/run/boot.js';
 import { ThreadsRunner } from '../src/run/threads.js';
 import type { Kernel } from '../src/sched/kernel.js';
 import type { RunResult } from '../src/sched/scheduler.js';
 import { SimScheduler } from '../src/sched/sim.js';
 import { EV, EV_A, EV_TYPE, EV_WORDS } from '../src/shm/events.js';
-import type { KlogRecord } from '../src/shm/klog.js';
 import { EAGAIN, EBUSY } from '../src/shm/errno.js';
 import { MMU_NOTIFY_UNMAP, MmuNotifierRange, mmu_notifier_invalidate_range_start_nonblock, mmu_notifier_range_init } from '../src/notifier/index.js';
 import { mmUsage } from '../src/mm/mm_layer.js';
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../src/mm/mman.js';
 import { vm_mmap, vm_munmap } from '../src/mm/mmap.js';
 import { do_mprotect } from '../src/mm/mprotect.js';
-import { reap_zombies, spawn_process, type ProcessFn } from '../src/mm/process.js';
+import { reap_zombies, spawn_process } from '../src/mm/process.js';
 import { get_user, put_user } from '../src/mm/uaccess.js';
 import {
   DEV_EV,
@@ -48,82 +47,12 @@ import { plantedNozap } from './fixtures/planted/mirror_nozap.js';
 import { plantedNolock } from './fixtures/planted/mirror_nolock.js';
 import { noretry_set_hook, plantedNoretry } from './fixtures/planted/mirror_noretry.js';
 import { DevCtlL, type DevStressArgs } from './fixtures/device_tasks.js';
+import { CFG, P, dumpLog, finish, mapWritten, n, proc, waitWord, world } from './device_world.js';
 
 void [testMirror, plantedNozap, plantedNolock, plantedNoretry];
 
 const SEEDS = [1, 2, 3];
-const P = 4096;
 const W = P / 4;
-
-const CFG: BootConfig = {
-  maxTasks: 40,
-  lockClasses: 128,
-  lockdepEdges: 2048,
-  eventRecords: 1 << 15,
-  klogBytes: 1 << 18,
-  strings: 512,
-  stringBytes: 16384,
-  kmalloc: { 8: 512, 16: 256, 32: 256, 64: 128, 256: 64, 1024: 16 },
-  mem: { pages: 1024, pageSize: P },
-  device: { devices: 8, sptDirs: 64, sptLeaves: 32 },
-};
-
-async function n(v: number | Promise<number>): Promise<number> {
-  return typeof v === 'number' ? v : await v;
-}
-
-function dumpLog(log: KlogRecord[]): string {
-  return log.map((x) => `[${x.kind}] ${x.text}`).join('\n---\n');
-}
-
-interface World {
-  k: Kernel;
-  s: SimScheduler;
-  before: ReturnType<typeof mmUsage>;
-  kmallocBefore: Record<string, number>;
-}
-
-function world(seed: number, cfg: BootConfig = {}): World {
-  const k = bootKernel({ ...CFG, ...cfg });
-  return { k, s: new SimScheduler(k, { seed, stallMs: 5000 }), before: mmUsage(k), kmallocBefore: k.kmalloc.usage() };
-}
-
-/** Run to the end; reap; nothing leaked; klog holds only the kinds allowed. */
-async function finish(wd: World, allow: string[] = []): Promise<{ r: RunResult; log: KlogRecord[] }> {
-  const { k, s } = wd;
-  const r = await s.run();
-  const log = k.klog.read();
-  expect(r.failed, dumpLog(log)).toEqual([]);
-  expect(r.status, r.report ?? dumpLog(log)).toBe('done');
-  reap_zombies(k);
-  expect(log.filter((x) => !allow.includes(x.kind)), dumpLog(log)).toEqual([]);
-  expect(mmUsage(k)).toEqual(wd.before);
-  expect(k.kmalloc.usage()).toEqual(wd.kmallocBefore);
-  expect(deviceUsage(k)).toEqual({ devices: 0, sptDirs: 0, sptLeaves: 0 });
-  return { r, log };
-}
-
-function proc(wd: World, fn: ProcessFn): number {
-  const pid = spawn_process(wd.k, wd.s, { name: 'p', fn });
-  expect(pid).toBeGreaterThan(0);
-  return pid;
-}
-
-/** mmap `pages` private RW pages and write i + 1 into word 0 of page i. */
-async function mapWritten(mm: number, pages: number): Promise<number> {
-  const a = await n(vm_mmap(mm, 0, pages * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS));
-  expect(a).toBeGreaterThan(0);
-  for (let i = 0; i < pages; i++) expect(await n(put_user(i + 1, a + i * P))).toBe(0);
-  return a;
-}
-
-async function waitWord(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) {
-    const r = k.sched.wait(at, c);
-    if (typeof r !== 'number') await r;
-  }
-}
 
 /** Start a program on the device and wait for its result words. */
 async function runProgram(k: Kernel, program: string, args: Omit<DevProgramArgs, 'resultAt'>): Promise<Record<keyof typeof ResL.$fields, number>> {

@@ -8,7 +8,7 @@
 
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { bootKernel, type BootConfig } from '../src/run/boot.js';
+import { bootKernel } from '../src/run/boot.js';
 import { ThreadsRunner } from '../src/run/threads.js';
 import type { Kernel } from '../src/sched/kernel.js';
 import type { RunResult } from '../src/sched/scheduler.js';
@@ -23,88 +23,19 @@ import { folio_maybe_dma_pinned, put_page } from '../src/mm/mm_pt.js';
 import { MADV_DONTNEED, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../src/mm/mman.js';
 import { do_madvise } from '../src/mm/madvise.js';
 import { vm_mmap, vm_munmap } from '../src/mm/mmap.js';
-import { do_fork, reap_zombies, spawn_process, waitpid, type ProcessFn } from '../src/mm/process.js';
+import { do_fork, reap_zombies, spawn_process, waitpid } from '../src/mm/process.js';
 import { GUP_PIN_COUNTING_BIAS, PageL } from '../src/mm/page.js';
 import { pte_pfn } from '../src/mm/pgtable.js';
 import { MMF_HAS_PINNED } from '../src/mm/types.js';
-import { put_user } from '../src/mm/uaccess.js';
 import { MmuNotifierRange, MMU_NOTIFY_UNMAP, mmu_notifier_invalidate_range_start_nonblock, mmu_notifier_range_init } from '../src/notifier/index.js';
 import { ResL, deviceStats, deviceUsage, device_close, device_inflight, device_ioctl, device_open, host_pte, shadowEntries, spawnDeviceProgram, type DevProgramArgs } from '../src/device/index.js';
 import { kvmState } from '../drivers/kvm-mmu.js';
 import { userptrObj, userptrStats, userptr_lock, userptr_unlock } from '../drivers/userptr.js';
 import { oom_reap_task } from './fixtures/reaper.js';
 import { DevCtlL, type DevStressArgs } from './fixtures/device_tasks.js';
+import { CFG, P, dumpLog, finish, mapWritten, n, proc, waitWord, world } from './device_world.js';
 
 const SEEDS = [1, 2, 3];
-const P = 4096;
-
-const CFG: BootConfig = {
-  maxTasks: 40,
-  lockClasses: 128,
-  lockdepEdges: 2048,
-  eventRecords: 1 << 15,
-  klogBytes: 1 << 18,
-  strings: 512,
-  stringBytes: 16384,
-  kmalloc: { 8: 512, 16: 256, 32: 256, 64: 128, 256: 64, 1024: 16 },
-  mem: { pages: 1024, pageSize: P },
-  device: { devices: 8, sptDirs: 64, sptLeaves: 32 },
-};
-
-async function n(v: number | Promise<number>): Promise<number> {
-  return typeof v === 'number' ? v : await v;
-}
-
-function dumpLog(log: KlogRecord[]): string {
-  return log.map((x) => `[${x.kind}] ${x.text}`).join('\n---\n');
-}
-
-interface World {
-  k: Kernel;
-  s: SimScheduler;
-  before: ReturnType<typeof mmUsage>;
-  kmallocBefore: Record<string, number>;
-}
-
-function world(seed: number, cfg: BootConfig = {}): World {
-  const k = bootKernel({ ...CFG, ...cfg });
-  return { k, s: new SimScheduler(k, { seed, stallMs: 5000 }), before: mmUsage(k), kmallocBefore: k.kmalloc.usage() };
-}
-
-async function finish(wd: World, allow: string[] = []): Promise<{ r: RunResult; log: KlogRecord[] }> {
-  const { k, s } = wd;
-  const r = await s.run();
-  const log = k.klog.read();
-  expect(r.failed, dumpLog(log)).toEqual([]);
-  expect(r.status, r.report ?? dumpLog(log)).toBe('done');
-  reap_zombies(k);
-  expect(log.filter((x) => !allow.includes(x.kind)), dumpLog(log)).toEqual([]);
-  expect(mmUsage(k)).toEqual(wd.before);
-  expect(k.kmalloc.usage()).toEqual(wd.kmallocBefore);
-  expect(deviceUsage(k)).toEqual({ devices: 0, sptDirs: 0, sptLeaves: 0 });
-  return { r, log };
-}
-
-function proc(wd: World, fn: ProcessFn): number {
-  const pid = spawn_process(wd.k, wd.s, { name: 'p', fn });
-  expect(pid).toBeGreaterThan(0);
-  return pid;
-}
-
-async function mapWritten(mm: number, pages: number): Promise<number> {
-  const a = await n(vm_mmap(mm, 0, pages * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS));
-  expect(a).toBeGreaterThan(0);
-  for (let i = 0; i < pages; i++) expect(await n(put_user(i + 1, a + i * P))).toBe(0);
-  return a;
-}
-
-async function waitWord(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) {
-    const r = k.sched.wait(at, c);
-    if (typeof r !== 'number') await r;
-  }
-}
 
 async function sleepNs(k: Kernel, ns: number): Promise<void> {
   const p = k.sched.sleep(ns);
