@@ -636,3 +636,22 @@ describe('the boot context under a sim scheduler (setup before run)', () => {
     expect(ran).toBe(1);
   });
 });
+
+describe("the arena's guard page (a write through a NULL struct pointer)", () => {
+  it('is reported at the end of the run, and the first region is left intact', async () => {
+    const { bootKernel } = await import('../src/run/boot.js');
+    const { SimScheduler } = await import('../src/sched/sim.js');
+    for (const bad of [false, true]) {
+      const k = bootKernel({});
+      const name = k.strings.get(k.strings.intern('still-readable'));
+      const sim = new SimScheduler(k, { seed: 1 });
+      const nullStruct = 0; // what a failed kzalloc returns
+      sim.spawn({ name: 'writer', fn: () => { if (bad) k.arena.i32[nullStruct + 9] = 42; } });
+      expect((await sim.run()).status).toBe('done');
+      const recs = k.klog.read().filter((r) => r.kind === 'null_deref');
+      expect(recs.length).toBe(bad ? 1 : 0);
+      if (bad) expect(recs[0].text).toMatch(/NULL pointer dereference, address: word 9/);
+      expect(k.strings.get(k.strings.intern('still-readable'))).toBe(name); // no region was clobbered
+    }
+  });
+});

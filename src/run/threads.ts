@@ -14,6 +14,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { EV } from '../shm/events.js';
+import { check_null_guard } from '../sched/splat.js';
 import { RawLockDeadError } from '../shm/rawlock.js';
 import { setCurrent } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
@@ -266,6 +267,7 @@ export class ThreadsRunner implements Runner {
     if (this.timer) clearInterval(this.timer);
     // write while every worker still runs: none can be holding the log's raw lock for good
     if (kind && report) this.log(kind, 0, report);
+    check_null_guard(this.k);
     const killed = [...this.jobs.values()].filter((j) => !j.ended);
     await this.pool!.destroy();
     for (const p of this.ports) p.close();

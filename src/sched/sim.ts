@@ -11,7 +11,7 @@ import type { Kernel } from './kernel.js';
 import { Prng } from './prng.js';
 import { blockedReport } from './report.js';
 import { WAIT_NOT_EQUAL, WAIT_OK, WAIT_TIMED_OUT, taskSpecError, type RunResult, type RunStatus, type Runner, type Scheduler, type TaskFn, type TaskSpec, type WaitResult } from './scheduler.js';
-import { check_scheduling_while_atomic, splat } from './splat.js';
+import { check_null_guard, check_scheduling_while_atomic, splat } from './splat.js';
 import { cachedModule, loadModule, moduleFunction } from './modules.js';
 import { TASK_BLOCKED, TASK_EXITED, TASK_FAILED, TASK_RUNNABLE, TaskExit, TaskL, WK, type Task } from './task.js';
 
@@ -393,6 +393,7 @@ export class SimScheduler implements Scheduler, Runner {
     this.finished = true;
     const report = headline === null ? null : blockedReport(this.k, headline);
     if (report && status !== 'done') splat(this.k, status === 'deadlock' ? 'deadlock' : 'liveness', report);
+    check_null_guard(this.k);
     this.done?.({
       status,
       scheduler: 'sim',

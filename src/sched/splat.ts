@@ -23,3 +23,11 @@ export function check_scheduling_while_atomic(k: Kernel, t: Task): void {
     splat(k, 'scheduling_while_atomic', `BUG: scheduling while atomic: ${t.name}/${t.id}/0x${pc.toString(16).padStart(8, '0')} non_block: ${nb}`);
   }
 }
+
+/** At the end of a run: a write through a NULL struct pointer hit the arena's guard page. */
+export function check_null_guard(k: Kernel): boolean {
+  const at = k.arena.nullGuardDamage();
+  if (at < 0) return true;
+  k.klog.write('null_deref', 0, k.sched.now(), `BUG: kernel NULL pointer dereference, address: word ${at} (0x${(at * 4).toString(16)}) of the arena's guard page holds ${k.arena.i32[at]}: something wrote through a struct offset of 0 plus a field`);
+  return false;
+}

@@ -8,7 +8,14 @@ export interface ArenaLayout {
   readonly regions: Readonly<Record<string, readonly [number, number]>>;
 }
 
-const HEADER_WORDS = 8;
+/**
+ * The arena's first 4 KiB are a guard page: struct offsets are word offsets, so a struct
+ * "pointer" of 0 (a failed allocation, a freed object) written through lands here instead of
+ * in the first region. Only the magic and size words are used; the rest must stay zero, and
+ * runs end with a check (nullGuardDamage) that reports a NULL-pointer write.
+ */
+const HEADER_WORDS = 1024;
+const GUARD_FROM = 2;
 const MAGIC = 0x6d6d6873; // 'shmm'
 
 export class ArenaPlan {
@@ -58,6 +65,13 @@ export class Arena {
       throw new Error('arena attach: buffer does not match the layout (wrong magic or size)');
     }
     return a;
+  }
+
+  /** The first nonzero guard word (a write through a NULL struct pointer), or -1 if intact. */
+  nullGuardDamage(): number {
+    const w = this.i32;
+    for (let i = GUARD_FROM; i < HEADER_WORDS; i++) if (w[i] !== 0) return i;
+    return -1;
   }
 
   region(name: string): number {
