@@ -30,7 +30,11 @@ export function mmgrab(mm: number): void {
 
 /** mmdrop: drop a struct reference; the last one frees the mm (__mmdrop). Never sleeps. */
 export function mmdrop(mm: number): void {
-  const k = current.k;
+  mmdrop_k(current.k, mm);
+}
+
+/** mmdrop outside a task (the boot context releasing a zombie). */
+export function mmdrop_k(k: Kernel, mm: number): void {
   const w = k.arena.i32;
   const old = Atomics.sub(w, mm + MmL.mm_count, 1);
   if (old > 1) return;

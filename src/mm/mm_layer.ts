@@ -58,7 +58,10 @@ export function mmConfig(c: KernelConfig): Required<MmConfig> {
 export const MMG_RMAP_LOCK = 0; // raw lock over every page's rmap list
 export const MMG_ANON_VMA_SEQ = 1; // anon_vma ids
 export const MMG_NEXT_PID = 2;
-const MMG_HEADER = 8;
+/** mm/oom_kill.c's globals (oom_kill.ts): counters, the oom_reaper queue and its policy */
+export const MMG_OOM = 3;
+export const MMG_OOM_WORDS = 40;
+const MMG_HEADER = MMG_OOM + MMG_OOM_WORDS;
 /**
  * per task: the mm it runs in (0 = none); 1 while it is inside a user access; pending SIGKILL
  * (bit 0); the signal its last failed user access raised

@@ -18,7 +18,7 @@ import { TaskExit, type Task } from '../sched/task.js';
 import { dup_mmap } from './fork.js';
 import { SIGKILL } from './memory.js';
 import { TASK_MM, TASK_SIGPENDING, TASK_WORDS } from './mm_layer.js';
-import { mm_alloc, mmget, mmput } from './mm_struct.js';
+import { mm_alloc, mmdrop_k, mmget, mmput } from './mm_struct.js';
 import { kthread_unuse_mm, kthread_use_mm } from './uaccess.js';
 
 export const MAX_THREADS = 8;
@@ -37,6 +37,8 @@ export const ProcL = defineStruct('process', {
   sig: 1,
   name: 1, // string id
   tasks: MAX_THREADS, // task ids, 0 once the thread exited
+  /** signal->oom_mm: the mm an OOM kill marked (mmgrab), dropped when the process is freed */
+  oom_mm: 1,
 });
 
 export const PROC_FREE = 0;
@@ -291,6 +293,7 @@ export function release_process(k: Kernel, pid: number): void {
   const w = k.arena.i32;
   const p = proc_at(k, pid);
   if (w[p + ProcL.state] !== PROC_ZOMBIE) throw new Error(`release_process: pid ${pid} is not a zombie`);
+  if (w[p + ProcL.oom_mm] !== 0) mmdrop_k(k, w[p + ProcL.oom_mm]); // free_signal_struct
   Atomics.store(w, p + ProcL.state, PROC_FREE);
   k.mmLayer.procs.free(pid);
 }
