@@ -7,6 +7,7 @@
 // State shared by every thread lives in the mm layer's header words (MMG_OOM..).
 
 import { fileURLToPath } from 'node:url';
+import { arch_spin_lock, arch_spin_unlock } from '../shm/rawlock.js';
 import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
 import type { TaskContext } from '../sched/scheduler.js';
@@ -51,12 +52,6 @@ const Q_LEN = Math.floor((MMG_OOM_WORDS - O_Q) / Q_ENT);
 
 const g = (k: Kernel): number => k.mmLayer.g + MMG_OOM;
 
-function spin_lock(w: Int32Array, at: number): void {
-  while (Atomics.compareExchange(w, at, 0, 1) !== 0); // held for a few instructions only
-}
-function spin_unlock(w: Int32Array, at: number): void {
-  Atomics.store(w, at, 0);
-}
 const nowMs = (k: Kernel): number => Math.floor(k.sched.now() / 1e6);
 
 export function oom_set_reaper_policy(k: Kernel, p: OomReaperPolicy): void {
@@ -190,10 +185,10 @@ export function queue_oom_reaper(k: Kernel, mm: number, pid: number): void {
   const w = k.arena.i32;
   const b = g(k);
   const delay = POLICIES[w[b + O_POLICY]] === 'v4.6' ? 0 : OOM_REAPER_DELAY / 1e6;
-  spin_lock(w, b + O_QLOCK);
+  arch_spin_lock(w, b + O_QLOCK); // the reaper queue: a few stores under it
   const tail = w[b + O_QTAIL];
   if (tail - w[b + O_QHEAD] >= Q_LEN) {
-    spin_unlock(w, b + O_QLOCK);
+    arch_spin_unlock(w, b + O_QLOCK);
     mm_flags_set(MMF_OOM_SKIP, mm); // no room: behave as if reaped, the victim still exits
     return;
   }
@@ -203,7 +198,7 @@ export function queue_oom_reaper(k: Kernel, mm: number, pid: number): void {
   w[e + 1] = pid;
   w[e + 2] = nowMs(k) + delay;
   w[b + O_QTAIL] = tail + 1;
-  spin_unlock(w, b + O_QLOCK);
+  arch_spin_unlock(w, b + O_QLOCK);
   Atomics.add(w, b + O_QSEQ, 1);
   k.sched.wake(b + O_QSEQ, Infinity);
 }
@@ -212,10 +207,20 @@ export function queue_oom_reaper(k: Kernel, mm: number, pid: number): void {
 
 /** __oom_reap_task_mm: true only if no VMA was skipped. */
 function __oom_reap_task_mm(k: Kernel, mm: number): boolean {
-  const w = k.arena.i32;
-  let ret = true;
   // faults that would install anon PTEs now fail (check_stable_address_space)
   mm_flags_set(MMF_UNSTABLE, mm);
+  return reapVmas(k, mm);
+}
+
+/**
+ * The reaper's unmap of every private VMA, each inside a non-blockable UNMAP range over the
+ * whole VMA; a VMA whose start is refused is skipped with no end. True only if none was
+ * skipped. The caller holds the mmap_lock for read (the driver tests also call this alone,
+ * to meet the reaper's invalidations without killing anything).
+ */
+export function reapVmas(k: Kernel, mm: number): boolean {
+  const w = k.arena.i32;
+  let ret = true;
   for (let vma = w[mm + MmL.mmap]; vma !== 0; vma = w[vma + V_NEXT]) {
     const f = w[vma + V_FLAGS];
     if ((f & (VM_HUGETLB | VM_PFNMAP)) !== 0) continue;
@@ -288,7 +293,7 @@ export async function oom_reap_task(k: Kernel, mm: number, pid: number, name: st
 function dequeue(k: Kernel): { mm: number; pid: number } | number {
   const w = k.arena.i32;
   const b = g(k);
-  spin_lock(w, b + O_QLOCK);
+  arch_spin_lock(w, b + O_QLOCK); // the reaper queue: a few stores under it
   try {
     const head = w[b + O_QHEAD];
     if (head === w[b + O_QTAIL]) return Infinity;
@@ -298,7 +303,7 @@ function dequeue(k: Kernel): { mm: number; pid: number } | number {
     w[b + O_QHEAD] = head + 1;
     return { mm: w[e], pid: w[e + 1] };
   } finally {
-    spin_unlock(w, b + O_QLOCK);
+    arch_spin_unlock(w, b + O_QLOCK);
   }
 }
 
