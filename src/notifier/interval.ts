@@ -340,8 +340,11 @@ export function mmu_interval_notifier_remove(sub: number): number | Promise<numb
   let seq = 0;
   let wait = false;
   spin_lock(l);
+  // read again under the lock: the final end may have moved a deferred insert into the tree
+  // since the check above, and acting on the stale state would free a node still in the tree
+  const state = w[sub + MinL.state];
   if ((w[subs + SubsL.invalidate_seq] & 1) !== 0) {
-    if (st === MIN_DEFERRED_INSERT) {
+    if (state === MIN_DEFERRED_INSERT) {
       // inserted while excluded, never made it into the tree: just unlink
       deferred_del(w, subs, sub);
       w[sub + MinL.state] = MIN_REMOVED;
@@ -352,7 +355,7 @@ export function mmu_interval_notifier_remove(sub: number): number | Promise<numb
       wait = true;
     }
   } else {
-    if (st !== MIN_IN_TREE) {
+    if (state !== MIN_IN_TREE) {
       WARN(k, 'mmu_interval_notifier_remove', 'RB_EMPTY_NODE(&interval_sub->interval_tree.rb)', `${core.opsName(sub)}: a deferred insert with an even seq`);
       deferred_del(w, subs, sub);
     } else {
