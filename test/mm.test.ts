@@ -45,6 +45,8 @@ import { __free_page } from '../src/mm/page_alloc.js';
 import { SWP_SWAP, is_swap_entry, pte_dirty, pte_mkclean, pte_mkold, pte_pfn, pte_present, pte_special, pte_write, pte_young, swp_offset, swp_type } from '../src/mm/pgtable.js';
 import { PROC_ZOMBIE, cond_resched, do_fork, kill_process, process_info, reap_zombies, spawn_process, waitpid, type ProcessContext } from '../src/mm/process.js';
 import { folio_mapcount, try_to_unmap } from '../src/mm/rmap.js';
+import { folio_trylock, folio_unlock } from '../src/mm/folio_lock.js';
+import { folio_alloc_swap } from '../src/mm/swap_state.js';
 import { MMF_HAS_PINNED, MMF_OOM_SKIP, MMF_UNSTABLE, MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS, MmL, ULONG_MAX, VM_READ, VM_WRITE } from '../src/mm/types.js';
 import { UACCESS_FAULT, copy_from_user, copy_to_user, get_user, put_user, uaccess_signal } from '../src/mm/uaccess.js';
 import { vma_list, vma_lookup } from '../src/mm/vma.js';
@@ -649,24 +651,23 @@ describe('rmap: try_to_unmap (reference §6.1, scenario 22 without the device)',
       expect(pteAt(k, mm, a)).toBe(pte0);
       expect(folio_mapcount(k, pfn)).toBe(1);
       expect(await n(get_user(a))).toBe(31);
-      // unpin; reclaim would put it in the swap cache (slot 77) before unmapping
+      // unpin; reclaim puts it in the swap cache (locked, with a slot) before unmapping
       w[pg + PageL.refcount] -= GUP_PIN_COUNTING_BIAS;
       w[pg + PageL.pincount]--;
-      w[pg + PageL.flags] |= PG_swapcache;
-      w[pg + PageL.private] = 77;
-      w[pg + PageL.refcount]++; // the swap cache's reference
+      expect(folio_trylock(k, pfn)).toBe(true);
+      expect(folio_alloc_swap(k, pfn)).toBe(true); // takes the swap cache's reference
+      const slot = w[pg + PageL.private];
       log.length = 0;
       expect(await Promise.resolve(try_to_unmap(k, pfn))).toBe(true);
       expect(evs()).toEqual([[MMU_NOTIFY_CLEAR, a, a + P, true]]);
       const e = pteAt(k, mm, a);
-      expect([is_swap_entry(e), swp_type(e), swp_offset(e)]).toEqual([true, SWP_SWAP, 77]);
+      expect([is_swap_entry(e), swp_type(e), swp_offset(e)]).toEqual([true, SWP_SWAP, slot]);
       expect([rss(k, mm, MM_ANONPAGES), rss(k, mm, MM_SWAPENTS)]).toEqual([0, 1]);
       expect(w[pg + PageL.refcount]).toBe(1);
-      // drop the stand-in swap cache; zapping the entry at exit balances MM_SWAPENTS
-      w[pg + PageL.flags] &= ~PG_swapcache;
-      w[pg + PageL.private] = 0;
-      k.zone.freeOne(pfn);
-    }, CFG, afterExit);
+      expect((w[pg + PageL.flags] & PG_swapcache) !== 0).toBe(true);
+      // zapping the entry at exit balances MM_SWAPENTS and frees the slot and the swap-cache page
+      folio_unlock(k, pfn);
+    }, { ...CFG, swap: { slots: 8 } }, afterExit);
   });
 
   it('a shared page is unmapped from every mm that maps it, one CLEAR pair each, and refaults with its data', async () => {

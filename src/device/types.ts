@@ -133,7 +133,7 @@ export function engine_at(dev: number, e: number): number {
   return dev + DevL.engines + e * EngL.$size;
 }
 
-// ---- events (after EV.USER; the notifier and mm layers add none) -----------------------------------
+// ---- events (after EV.USER; the mm and notifier layers' block, 96..127, is in src/mm/events.ts) ----
 
 export const DEV_EV = {
   ACCESS_BEGIN: 80, // task = engine's task; a = dev, b = engine, c = TLB generation

@@ -18,6 +18,7 @@ import { EBUSY, EFAULT, EINVAL, EPERM } from '../shm/errno.js';
 import { mmu_interval_check_retry } from '../notifier/interval.js';
 import { MinL } from '../notifier/subscriptions.js';
 import { FAULT_FLAG_REMOTE, FAULT_FLAG_WRITE, VM_FAULT_ERROR, handle_mm_fault } from '../mm/memory.js';
+import { emitFault, emitFaultDone } from '../mm/events.js';
 import { mmap_assert_locked } from '../mm/mm_inline.js';
 import { pte_lookup, pte_protnone } from '../mm/mm_pt.js';
 import { PageL, ZERO_PFN } from '../mm/page.js';
@@ -342,8 +343,10 @@ async function hmm_vma_fault(walk: HmmVmaWalk, vma: number, addr: number, end: n
     fault_flags |= FAULT_FLAG_WRITE;
   }
   for (; addr < end; addr += walk.ps) {
+    emitFault(k, walk.mm, addr, fault_flags);
     let r = handle_mm_fault(walk.mm, vma, addr, fault_flags);
     if (typeof r !== 'number') r = await r;
+    emitFaultDone(k, walk.mm, addr, r);
     if ((r & VM_FAULT_ERROR) !== 0) return -EFAULT;
     const p = point(k);
     if (p !== undefined) await p;

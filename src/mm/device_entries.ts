@@ -189,7 +189,7 @@ function copy_non_swap_entry(k: Kernel, dst: number, src: number, srcSlot: numbe
   folio_get(k, pfn);
   w[dstMm + MmL.rss_stat + mm_counter(k, pfn)]++;
   // folio_try_dup_anon_rmap_pte: shared now (device pages cannot be pinned, so it cannot fail)
-  w[k.zone.page(pfn) + PageL.flags] &= ~PG_anon_exclusive;
+  Atomics.and(w, k.zone.page(pfn) + PageL.flags, ~PG_anon_exclusive);
   let child = pte;
   if (is_writable_swp_entry(pte) && is_cow_mapping(w[src + V_FLAGS])) {
     child = make_readable(pte);

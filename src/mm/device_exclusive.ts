@@ -93,7 +93,7 @@ export async function make_device_exclusive(mm: number, addr: number, owner: num
     const same = pte_present(pte) && !pte_special(pte) && pte_pfn(pte) === pfn && pte_write(pte);
     if (same) {
       const old = Atomics.exchange(w, slot, swp_entry_to_pte(SWP_DEVICE_EXCLUSIVE_WRITE, pfn));
-      if (pte_dirty(old)) w[k.zone.page(pfn) + PageL.flags] |= PG_dirty;
+      if (pte_dirty(old)) Atomics.or(w, k.zone.page(pfn) + PageL.flags, PG_dirty);
     }
     spin_unlock(ptl);
     if (same) flush_tlb_mm(k, mm);

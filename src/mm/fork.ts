@@ -18,6 +18,7 @@ import { mm_flags_test, mmap_lock_of, mmap_write_lock, mmap_write_unlock } from 
 import { flush_tlb_mm, folio_maybe_dma_pinned, get_page, mm_pgd, pte_alloc_lookup, pte_lookup, ptl_of, put_page } from './mm_pt.js';
 import { PG_anon, PG_anon_exclusive, PG_swapbacked, PG_uptodate, PageL } from './page.js';
 import { alloc_page, copyPage } from './page_alloc.js';
+import { folio_add_lru_vma } from './lru.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, is_swap_entry, mk_pte, pte_mkold, pte_pfn, pte_present, pte_special, pte_wrprotect } from './pgtable.js';
 import { page_add_rmap } from './rmap.js';
 import { MMF_HAS_PINNED, MM_ANONPAGES, MM_SWAPENTS, MmL, VM_DONTCOPY, VM_MAYWRITE, VM_PFNMAP, VM_MIXEDMAP, VM_SHARED, VM_WIPEONFORK, VM_WRITE } from './types.js';
@@ -167,6 +168,7 @@ function copy_one_pte(k: Kernel, dst: number, src: number, srcMm: number, dstMm:
     }
     anon_vma_prepare(k, dst);
     w[dstSlot] = mk_pte(prealloc, (w[dst + V_FLAGS] & VM_WRITE) !== 0) | _PAGE_DIRTY | _PAGE_ACCESSED;
+    folio_add_lru_vma(k, prealloc, dst);
     w[rss + MM_ANONPAGES]++;
     return COPIED;
   }
@@ -176,7 +178,7 @@ function copy_one_pte(k: Kernel, dst: number, src: number, srcMm: number, dstMm:
   let child = pte;
   if ((pf & PG_anon) !== 0) {
     // folio_try_dup_anon_rmap_pte: the page is shared now
-    w[p + PageL.flags] = pf & ~PG_anon_exclusive;
+    Atomics.and(w, p + PageL.flags, ~PG_anon_exclusive); // atomic: reclaim may hold PG_locked
     w[rss + MM_ANONPAGES]++;
   }
   if (cow) {

@@ -19,6 +19,7 @@ import { splat } from '../sched/splat.js';
 import { EFAULT, EINVAL, ENOMEM } from '../shm/errno.js';
 import { spin_lock, spin_unlock } from '../sync/spinlock.js';
 import { FAULT_FLAG_REMOTE, FAULT_FLAG_WRITE, VM_FAULT_ERROR, VM_FAULT_OOM, handle_mm_fault } from './memory.js';
+import { emitFault, emitFaultDone } from './events.js';
 import { migrate_device_pages_to_ram } from './migrate_device.js';
 import { mm_flags_set, mmap_assert_locked, mmap_read_lock, mmap_read_unlock } from './mm_inline.js';
 import { pte_lookup, pte_protnone, ptl_of, put_page } from './mm_pt.js';
@@ -148,8 +149,10 @@ async function __get_user_pages(mm: number, start: number, nr_pages: number, fla
       if (pfn !== NEED_FAULT) return partial(pfn);
       if ((flags & FOLL_NOFAULT) !== 0) return partial(-EFAULT);
       // faultin_page
+      emitFault(k, mm, addr, ((flags & FOLL_WRITE) !== 0 ? FAULT_FLAG_WRITE : 0) | ((flags & FOLL_REMOTE) !== 0 ? FAULT_FLAG_REMOTE : 0));
       let r = handle_mm_fault(mm, vma, addr, ((flags & FOLL_WRITE) !== 0 ? FAULT_FLAG_WRITE : 0) | ((flags & FOLL_REMOTE) !== 0 ? FAULT_FLAG_REMOTE : 0));
       if (typeof r !== 'number') r = await r;
+      emitFaultDone(k, mm, addr, r);
       if ((r & VM_FAULT_ERROR) !== 0) return partial((r & VM_FAULT_OOM) !== 0 ? -ENOMEM : -EFAULT);
       // the fault raced with an invalidation: let others run before looking again
       if (tries > 0) {

@@ -15,10 +15,11 @@ import { splat } from '../sched/splat.js';
 import { spin_lock, spin_unlock } from '../sync/spinlock.js';
 import { MMU_NOTIFY_CLEAR, MmuNotifierRange, mmu_notifier_range_init } from '../notifier/range.js';
 import { mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start } from '../notifier/invalidate.js';
-import { GFP_HIGHUSER_MOVABLE, __GFP_ZERO } from './gfp.js';
-import { flush_tlb_mm, get_page, mm_pgd, _PAGE_PROTNONE, pte_alloc_lookup, pte_lookup, ptl_of, put_page } from './mm_pt.js';
+import { GFP_HIGHUSER_MOVABLE, GFP_KERNEL, __GFP_ZERO } from './gfp.js';
+import { flush_tlb_mm, get_page, mm_pgd, _PAGE_PROTNONE, pte_alloc_lookup, pte_lookup, ptl_of, put_page, swapCacheHooks } from './mm_pt.js';
 import { PG_anon, PG_anon_exclusive, PG_swapbacked, PG_swapcache, PG_uptodate, PageL, ZERO_PFN } from './page.js';
-import { alloc_page, copyPage } from './page_alloc.js';
+import { alloc_page, copyPage, memcgHooks } from './page_alloc.js';
+import { folio_add_lru, folio_add_lru_vma } from './lru.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_RW, _PAGE_SPECIAL, is_swap_entry, mk_pte, pte_present, pte_special } from './pgtable.js';
 import { page_add_rmap, page_remove_rmap } from './rmap.js';
 import { MMF_UNSTABLE, MM_ANONPAGES, MM_SHMEMPAGES, MmL, VM_ACCESS_FLAGS, VM_SHARED, VM_WRITE } from './types.js';
@@ -66,7 +67,11 @@ type NonPresentFault = (k: Kernel, mm: number, vma: number, addr: number, pte: n
  * NOT held. do_swap_page: real swap entries (the swap layer). do_non_swap_entry: migration,
  * device-private and device-exclusive entries (device_entries.ts).
  */
-export const faultHooks: { do_swap_page: NonPresentFault | null; do_non_swap_entry: NonPresentFault | null } = { do_swap_page: null, do_non_swap_entry: null };
+export const faultHooks: { do_swap_page: NonPresentFault | null; do_non_swap_entry: NonPresentFault | null; pagefault_out_of_memory: ((k: Kernel) => void) | null } = {
+  do_swap_page: null,
+  do_non_swap_entry: null,
+  pagefault_out_of_memory: null, // oom_kill.ts
+};
 
 /** check_stable_address_space */
 function unstable(w: Int32Array, mm: number): boolean {
@@ -147,7 +152,7 @@ function do_anonymous_page(k: Kernel, mm: number, vma: number, addr: number, wri
     spin_unlock(ptl);
     return ret;
   }
-  const r = alloc_page(k, GFP_HIGHUSER_MOVABLE | __GFP_ZERO);
+  const r = folio_prealloc(k, mm, true);
   if (typeof r === 'number') return anon_install(k, mm, vma, addr, r);
   return r.then((pfn) => anon_install(k, mm, vma, addr, pfn));
 }
@@ -169,6 +174,7 @@ function anon_install(k: Kernel, mm: number, vma: number, addr: number, pfn: num
     anon_vma_prepare(k, vma);
     if (!page_add_rmap(k, pfn, mm, addr)) ret = VM_FAULT_OOM;
     else {
+      folio_add_lru_vma(k, pfn, vma); // before the PTE makes it visible, as do_anonymous_page
       w[slot] = mk_pte(pfn, true) | _PAGE_DIRTY | _PAGE_ACCESSED;
       w[mm + M_RSS + MM_ANONPAGES]++;
     }
@@ -205,7 +211,7 @@ function do_wp_page(k: Kernel, mm: number, vma: number, addr: number, slot: numb
   if ((pf & PG_anon) !== 0) {
     // wp_can_reuse_anon_folio: exclusive, or our reference is the only one
     if ((pf & PG_anon_exclusive) !== 0 || (w[p + P_REF] === 1 && (pf & PG_swapcache) === 0)) {
-      w[p + P_FLAGS] = pf | PG_anon_exclusive;
+      Atomics.or(w, p + P_FLAGS, PG_anon_exclusive); // atomic: reclaim may hold the folio lock bit meanwhile
       w[slot] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED;
       spin_unlock(ptl);
       return 0;
@@ -222,7 +228,7 @@ function do_wp_page(k: Kernel, mm: number, vma: number, addr: number, slot: numb
  * by the caller (none for the zero page).
  */
 function wp_page_copy(k: Kernel, mm: number, vma: number, addr: number, orig: number, old: number): number | Promise<number> {
-  const r = alloc_page(k, GFP_HIGHUSER_MOVABLE | (old === ZERO_PFN ? __GFP_ZERO : 0));
+  const r = folio_prealloc(k, mm, old === ZERO_PFN);
   if (typeof r === 'number') return wp_copy_start(k, mm, vma, addr, orig, old, r);
   return r.then((pfn) => wp_copy_start(k, mm, vma, addr, orig, old, pfn));
 }
@@ -257,6 +263,7 @@ function wp_copy_commit(k: Kernel, mm: number, vma: number, addr: number, orig: 
     else {
       if (old !== ZERO_PFN) page_remove_rmap(k, old, mm, addr);
       else w[mm + M_RSS + MM_ANONPAGES]++;
+      folio_add_lru_vma(k, pfn, vma);
       w[slot] = mk_pte(pfn, true) | _PAGE_DIRTY | _PAGE_ACCESSED;
       replaced = true;
     }
@@ -268,6 +275,7 @@ function wp_copy_commit(k: Kernel, mm: number, vma: number, addr: number, orig: 
     put_page(k, pfn);
   } else if (old !== ZERO_PFN) {
     flush_tlb_mm(k, mm);
+    swapCacheHooks.free_swap_cache?.(k, old);
     put_page(k, old); // the old PTE's reference
   }
   const e = mmu_notifier_invalidate_range_end(range);
@@ -292,7 +300,7 @@ function do_shared_fault(k: Kernel, mm: number, vma: number, addr: number, write
   const got = shmem_get_page(k, obj, index, 0);
   if (got < 0) return VM_FAULT_OOM;
   if (got > 0) return shared_map(k, mm, vma, addr, got, write);
-  const r = alloc_page(k, GFP_HIGHUSER_MOVABLE | __GFP_ZERO);
+  const r = folio_prealloc(k, mm, true); // shmem_alloc_and_add_folio: charged to the faulting mm
   const cont = (fresh: number): number => {
     if (fresh === 0) return VM_FAULT_OOM;
     const pfn = shmem_get_page(k, obj, index, fresh);
@@ -319,6 +327,7 @@ function shmem_get_page(k: Kernel, obj: number, index: number, fresh: number): n
       k.arena.f64[(p + PageL.index) >> 1] = index;
       w[slot] = mk_pte(fresh, false); // the page cache's reference is the allocation's
       w[obj + ShmL.nrpages]++;
+      folio_add_lru(k, fresh); // shmem_add_to_page_cache, then folio_add_lru
       pfn = fresh;
       fresh = 0;
     }
@@ -351,8 +360,37 @@ function shared_map(k: Kernel, mm: number, vma: number, addr: number, pfn: numbe
   return ret;
 }
 
-/** A fault result as the signal a user access raises: 0, or SIGSEGV/SIGBUS (OOM kills; SIGBUS here). */
+/**
+ * folio_prealloc: a new frame (zeroed if asked) charged to mm's memcg, or 0 when either the
+ * allocation or the charge failed (the fault then returns VM_FAULT_OOM).
+ */
+export function folio_prealloc(k: Kernel, mm: number, zero: boolean): number | Promise<number> {
+  const r = alloc_page(k, GFP_HIGHUSER_MOVABLE | (zero ? __GFP_ZERO : 0));
+  if (typeof r !== 'number') return r.then((pfn) => folio_charge(k, mm, pfn));
+  return folio_charge(k, mm, r);
+}
+
+/** mem_cgroup_charge of a fresh frame; on failure the frame goes back and the result is 0. */
+function folio_charge(k: Kernel, mm: number, pfn: number): number | Promise<number> {
+  const charge = memcgHooks.charge;
+  if (pfn === 0 || charge === null) return pfn;
+  const c = charge(k, pfn, mm, GFP_KERNEL);
+  if (c === 0) return pfn;
+  if (typeof c !== 'number') return c.then((v) => (v === 0 ? pfn : (put_page(k, pfn), 0)));
+  put_page(k, pfn);
+  return 0;
+}
+
+/**
+ * A fault result as the signal a user access raises: 0 (retry the access), SIGSEGV or SIGBUS.
+ * VM_FAULT_OOM goes to pagefault_out_of_memory and the access is retried, as x86's
+ * mm_fault_error does: the OOM killer already ran where the allocation or charge failed.
+ */
 export function fault_signal(ret: number): number {
+  if ((ret & VM_FAULT_OOM) !== 0) {
+    faultHooks.pagefault_out_of_memory?.(current.k);
+    return 0;
+  }
   if ((ret & VM_FAULT_SIGSEGV) !== 0) return SIGSEGV;
   if ((ret & VM_FAULT_ERROR) !== 0) return SIGBUS;
   return 0;

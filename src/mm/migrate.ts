@@ -68,7 +68,7 @@ async function try_to_migrate_one(k: Kernel, pfn: number, mm: number, addr: numb
     const pf = page_flags(k, pfn);
     if ((pf & (PG_anon | PG_anon_exclusive)) === (PG_anon | PG_anon_exclusive) && folio_maybe_dma_pinned(k, pfn)) ret = false;
     else {
-      if (pte_dirty(pte)) w[k.zone.page(pfn) + PageL.flags] |= PG_dirty;
+      if (pte_dirty(pte)) Atomics.or(w, k.zone.page(pfn) + PageL.flags, PG_dirty);
       Atomics.store(w, slot, make_migration_entry(pfn, pte_write(pte), pte));
       unmapped = true;
     }

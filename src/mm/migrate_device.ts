@@ -49,6 +49,8 @@ import {
   swp_offset,
 } from './pgtable.js';
 import { page_add_rmap } from './rmap.js';
+import { folio_free_swap } from './swap_state.js';
+import { folio_add_lru, folio_add_lru_vma, folio_isolate_lru, lru_isolated_done, lru_putback } from './lru.js';
 import { MMF_UNSTABLE, MM_ANONPAGES, MmL, VM_ACCESS_FLAGS, VM_DONTEXPAND, VM_HUGETLB, VM_IO, VM_MIXEDMAP, VM_PFNMAP, VM_WRITE } from './types.js';
 import { V_FLAGS, V_MM, V_SHM, anon_vma_prepare, vma_end, vma_start } from './vma.js';
 
@@ -63,6 +65,28 @@ export const MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 1 << 1;
 export const MIGRATE_VMA_SELECT_DEVICE_COHERENT = 1 << 2;
 
 const VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP;
+
+/**
+ * 'v6.0' (default, and newer): collect's fast path moves a dirty PTE's dirty bit to the page
+ * ("mm/migrate_device.c: copy pte dirty bit to page", v6.0) and the migration entry keeps it;
+ * a swap-cache page leaves the swap cache to move to device memory (folio_free_swap).
+ * 'v5.19': the fast path installs migration entries carrying neither the dirty nor the young
+ * bit, the page is not dirtied, and a swap-cache page never moves to device memory: a
+ * migration that fails or is refused then restores a clean PTE over newer contents.
+ */
+export type MigrateDevicePolicy = 'v6.0' | 'v5.19';
+
+declare module '../sched/kernel.js' {
+  interface KernelConfig {
+    migrateDevicePolicy?: MigrateDevicePolicy;
+  }
+}
+
+function v5_19(k: Kernel): boolean {
+  const p = k.config.migrateDevicePolicy ?? 'v6.0';
+  if (p !== 'v6.0' && p !== 'v5.19') throw new RangeError(`kernel config: migrateDevicePolicy must be 'v6.0' or 'v5.19', got '${String(p)}'`);
+  return p === 'v5.19';
+}
 
 /** migrate_pfn: pfn | VALID, for a dst entry */
 export function migrate_pfn(pfn: number): number {
@@ -147,8 +171,9 @@ function collect_one(k: Kernel, m: MigrateVma, addr: number, slot: number, anon:
     return 0;
   }
   m.cpages++;
-  if (pte_present(pte) && pte_dirty(pte)) w[k.zone.page(pfn) + PageL.flags] |= PG_dirty;
-  Atomics.store(w, slot, make_migration_entry(pfn, (mpfn & MIGRATE_PFN_WRITE) !== 0, pte));
+  const old = v5_19(k);
+  if (pte_present(pte) && pte_dirty(pte) && !old) Atomics.or(w, k.zone.page(pfn) + PageL.flags, PG_dirty);
+  Atomics.store(w, slot, make_migration_entry(pfn, (mpfn & MIGRATE_PFN_WRITE) !== 0, old ? pte & ~(_PAGE_DIRTY | _PAGE_ACCESSED) : pte));
   if (pte_present(pte)) flushed.unmapped = true;
   return mpfn;
 }
@@ -194,7 +219,7 @@ async function migrate_vma_collect(k: Kernel, m: MigrateVma): Promise<void> {
 function migrate_vma_check_page(k: Kernel, pfn: number, fault_page: number): boolean {
   const pf = page_flags(k, pfn);
   let extra = 1 + (pfn === fault_page ? 1 : 0);
-  if ((pf & (PG_anon | PG_device_private)) === 0) extra++; // folio_mapping(): the shmem object
+  if ((pf & (PG_anon | PG_device_private)) === 0 || (pf & PG_swapcache) !== 0) extra++; // folio_mapping(): the shmem object or the swap cache
   return folio_ref_count(k, pfn) - extra <= k.arena.i32[k.zone.page(pfn) + PageL.mapcount];
 }
 
@@ -208,8 +233,20 @@ async function migrate_device_unmap(k: Kernel, src: Uint32Array, npages: number,
       if ((src[i] & MIGRATE_PFN_MIGRATE) !== 0) unmapped++;
       continue;
     }
+    const sys = !is_device_private_page(k, pfn);
+    if (sys) {
+      // off the LRU first (reclaim may hold it isolated: then it stays); the isolation's
+      // reference replaces collect's
+      if (!folio_isolate_lru(k, pfn)) {
+        src[i] &= ~MIGRATE_PFN_MIGRATE;
+        restore++;
+        continue;
+      }
+      folio_put(k, pfn);
+    }
     if (folio_mapped_live(k, pfn)) await try_to_migrate(k, pfn);
     if (folio_mapped_live(k, pfn) || !migrate_vma_check_page(k, pfn, fault_page)) {
+      if (sys) lru_putback(k, pfn); // folio_get + folio_putback_lru: the restore below drops the reference
       src[i] &= ~MIGRATE_PFN_MIGRATE;
       restore++;
       continue;
@@ -254,6 +291,7 @@ function migrate_vma_insert_page(k: Kernel, m: MigrateVma, addr: number, dst: nu
       const p = k.zone.page(dst);
       w[p + PageL.flags] |= PG_anon | PG_anon_exclusive | PG_swapbacked | PG_uptodate;
       k.arena.f64[(p + PageL.index) >> 1] = addr / k.mmLayer.pageSize;
+      if (!is_device_private_page(k, dst)) folio_add_lru_vma(k, dst, vma);
       folio_get(k, dst);
       w[mm + MmL.rss_stat + MM_ANONPAGES]++;
       const write = (vflags & VM_WRITE) !== 0;
@@ -302,8 +340,8 @@ async function __migrate_device_pages(k: Kernel, src: Uint32Array, dst: Uint32Ar
     }
     const pf = page_flags(k, page);
     if (is_device_private_page(k, newpage)) {
-      // only anonymous memory moves to device memory; a swap-cache page would need folio_free_swap
-      if ((pf & PG_anon) === 0 || (pf & PG_swapcache) !== 0) {
+      // only anonymous memory moves to device memory; a swap-cache page leaves the swap cache first
+      if ((pf & PG_anon) === 0 || ((pf & PG_swapcache) !== 0 && (v5_19(k) || !folio_free_swap(k, page)))) {
         src[i] &= ~MIGRATE_PFN_MIGRATE;
         continue;
       }
@@ -314,7 +352,7 @@ async function __migrate_device_pages(k: Kernel, src: Uint32Array, dst: Uint32Ar
       continue;
     }
     const np = k.zone.page(newpage);
-    w[np + PageL.flags] |= pf & MIGRATE_FLAGS;
+    w[np + PageL.flags] |= page_flags(k, page) & MIGRATE_FLAGS; // read again: folio_free_swap dirtied it
     k.arena.f64[(np + PageL.index) >> 1] = k.arena.f64[(k.zone.page(page) + PageL.index) >> 1];
   }
   if (range !== null) {
@@ -354,6 +392,12 @@ function __migrate_device_finalize(k: Kernel, src: Uint32Array, dst: Uint32Array
       }
       to = page;
     }
+    // a system page joins the LRU: the new one, or the isolated old one going back
+    if (!is_device_private_page(k, to)) {
+      if (to === page) lru_putback(k, to);
+      else folio_add_lru(k, to);
+    }
+    if (to !== page && !is_device_private_page(k, page)) lru_isolated_done(k); // the old one goes
     remove_migration_ptes(k, page, to);
     if (page !== fault_page) folio_unlock(k, page);
     folio_put(k, page); // collect's reference: the old page goes when nothing maps it

@@ -146,6 +146,13 @@ export function put_page(k: Kernel, pfn: number): void {
   __free_page(k, pfn);
 }
 
+/**
+ * free_swap_cache (the swap layer fills it): a page whose PTE reference is about to go leaves
+ * the swap cache when nothing maps it any more and nobody holds its lock, so a zap or a COW
+ * break does not strand its slot (free_pages_and_swap_cache, wp_page_copy).
+ */
+export const swapCacheHooks: { free_swap_cache: ((k: Kernel, pfn: number) => void) | null } = { free_swap_cache: null };
+
 /** folio_maybe_dma_pinned: a small folio counts pins in its refcount (reference §6.2). */
 export function folio_maybe_dma_pinned(k: Kernel, pfn: number): boolean {
   const w = k.arena.i32;
@@ -190,7 +197,11 @@ export function tlb_finish_mmu(tlb: MmuGather): void {
   const { k, mm } = tlb;
   if (tlb.pages.length === 0 && tlb.tables.length === 0) return;
   flush_tlb_mm(k, mm);
-  for (const pfn of tlb.pages) put_page(k, pfn);
+  const fsc = swapCacheHooks.free_swap_cache;
+  for (const pfn of tlb.pages) {
+    if (fsc !== null) fsc(k, pfn); // free_pages_and_swap_cache
+    put_page(k, pfn);
+  }
   tlb.pages.length = 0;
   const pool = k.pgtables.pool;
   for (const t of tlb.tables) pool.free(t);

@@ -1,62 +1,34 @@
-// mm/oom_kill.c (reference §5): out_of_memory picks a victim by RSS and SIGKILLs it; the
-// oom_reaper kthread then unmaps the victim's private memory without waiting for it to exit,
-// under NON-BLOCKABLE UNMAP invalidations (§7), so a driver that cannot invalidate without
-// sleeping makes it retry (MAX_OOM_REAP_RETRIES, HZ/10 apart) and, at worst, give up.
-// Hooks left for memcg / LRU: `OomControl.memcg` filters candidates; `oom_kill_process` is the
-// fault-injection entry ("OOM of a chosen process").
+// mm/oom_kill.c (reference §5): out_of_memory picks a victim by RSS and SIGKILLs it, then
+// queues its mm for the oom_reaper kthread (oom_reaper.ts), which unmaps the victim's private
+// memory under non-blockable invalidations without waiting for it to exit.
+// A memcg OOM (memcontrol.ts) sets `OomControl.memcg`: only that group's processes are
+// candidates. `oom_kill_process` is the fault-injection entry ("OOM of a chosen process").
 // State shared by every thread lives in the mm layer's header words (MMG_OOM..).
 
-import { fileURLToPath } from 'node:url';
-import { arch_spin_lock, arch_spin_unlock } from '../shm/rawlock.js';
 import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
-import type { TaskContext } from '../sched/scheduler.js';
-import { heldLocksText } from '../sched/report.js';
-import { MMU_NOTIFY_UNMAP, MmuNotifierRange, mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start_nonblock, mmu_notifier_range_init } from '../notifier/index.js';
-import { MMG_OOM, MMG_OOM_WORDS } from './mm_layer.js';
-import { mm_flags_set, mm_flags_test, mm_flags_test_and_set, mmap_read_trylock, mmap_read_unlock, mmdrop, mmgrab } from './mm_inline.js';
-import { tlb_finish_mmu, tlb_gather_mmu } from './mm_pt.js';
+import { splat } from '../sched/splat.js';
+import { ___ratelimit } from '../sched/ratelimit.js';
+import { MMG_OOM } from './mm_layer.js';
+import { mmgrab } from './mm_inline.js';
 import { PROC_RUNNING, ProcL, kill_process } from './process.js';
-import { MMF_OOM_REAP_QUEUED, MMF_OOM_SKIP, MMF_UNSTABLE, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, MmL, VM_HUGETLB, VM_PFNMAP, VM_SHARED } from './types.js';
-import { unmap_single_vma } from './unmap.js';
-import { V_FLAGS, V_NEXT, vma_end, vma_start } from './vma.js';
+import { MMF_OOM_SKIP, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, MmL } from './types.js';
+import { H_PFOOM_RS, PAGE_ALLOC_COSTLY_ORDER, MEMCG_OOM_GROUP_KILL, MEMCG_OOM_KILL, MemcgL, mem_cgroup_oom_policy, mem_cgroup_path, memcg_memory_event, memcg_memory_event_mm } from './memcontrol.js';
+import { allocOomHooks } from './page_alloc.js';
+import { fatal_signal_pending } from './uaccess.js';
+import { faultHooks } from './memory.js';
+import { oomReaperModule, queue_oom_reaper, reaperStats } from './oom_reaper.js';
 
-/** one second of scheduler time (virtual under sim, real under threads), in ns */
-export const HZ = 1e9;
-export const MAX_OOM_REAP_RETRIES = 10;
-/** ≈v5.18+: give the victim time to clean up its robust futexes before reaping */
-export const OOM_REAPER_DELAY = 2 * HZ;
+// the reaper's API, for callers that know it as part of mm/oom_kill.c
+export { HZ, MAX_OOM_REAP_RETRIES, OOM_REAPER_DELAY, type OomReaperPolicy, oom_set_reaper_policy, queue_oom_reaper, reapVmas, oom_reap_task_mm, oom_reap_task, oom_reaper, oom_reaper_stop, oomReaperModule } from './oom_reaper.js';
 
-/** 'v5.18': the queue_oom_reaper timer (OOM_REAPER_DELAY); 'v4.6': wake the reaper at once */
-export type OomReaperPolicy = 'v5.18' | 'v4.6';
-const POLICIES: OomReaperPolicy[] = ['v5.18', 'v4.6'];
-
-// header words
+// header words (the rest belong to oom_reaper.ts)
 const O_LOCK = 0; // oom_lock (trylock only, as __alloc_pages_may_oom takes it)
-const O_QLOCK = 1; // oom_reaper_lock
-const O_QSEQ = 2; // oom_reaper_wait: bumped on every queue / stop
-const O_QHEAD = 3;
-const O_QTAIL = 4;
-const O_STOP = 5;
-const O_POLICY = 6;
 const O_KILLS = 7; // victims chosen
 const O_WHILE_HELD = 8; // victims chosen while an earlier victim still held memory
-const O_ATTEMPTS = 9; // oom_reap_task_mm calls, all victims
-const O_FIRST_MS = 10; // time of the last victim's first / latest attempt
-const O_LAST_MS = 11;
-const O_UNABLE = 12; // "unable to reap" reports
-const O_REAPED = 13; // successful __oom_reap_task_mm passes
-const O_Q = 16; // ring of (mm, pid, due_ms)
-const Q_ENT = 3;
-const Q_LEN = Math.floor((MMG_OOM_WORDS - O_Q) / Q_ENT);
 
 const g = (k: Kernel): number => k.mmLayer.g + MMG_OOM;
 
-const nowMs = (k: Kernel): number => Math.floor(k.sched.now() / 1e6);
-
-export function oom_set_reaper_policy(k: Kernel, p: OomReaperPolicy): void {
-  k.arena.i32[g(k) + O_POLICY] = POLICIES.indexOf(p);
-}
 
 export interface OomStats {
   kills: number;
@@ -71,7 +43,7 @@ export interface OomStats {
 export function oomStats(k: Kernel): OomStats {
   const w = k.arena.i32;
   const b = g(k);
-  return { kills: w[b + O_KILLS], victimsWhileHeld: w[b + O_WHILE_HELD], reapAttempts: w[b + O_ATTEMPTS], firstAttemptMs: w[b + O_FIRST_MS], lastAttemptMs: w[b + O_LAST_MS], unableToReap: w[b + O_UNABLE], reaped: w[b + O_REAPED] };
+  return { kills: w[b + O_KILLS], victimsWhileHeld: w[b + O_WHILE_HELD], ...reaperStats(k) };
 }
 
 // ---- victim selection ----------------------------------------------------------------------
@@ -79,21 +51,46 @@ export function oomStats(k: Kernel): OomStats {
 const rss = (w: Int32Array, mm: number, i: number): number => w[mm + MmL.rss_stat + i];
 const rssKb = (k: Kernel, mm: number, i: number): number => (rss(k.arena.i32, mm, i) * k.mmLayer.pageSize) >> 10;
 
-/** oom_badness: pages the kill would free; -1 if unkillable or already on its way out. */
-export function oom_badness(k: Kernel, pid: number): number {
+export const OOM_SCORE_ADJ_MIN = -1000;
+export const OOM_SCORE_ADJ_MAX = 1000;
+export const LONG_MIN = -Infinity; // oom_badness: never choose
+
+/** totalram_pages() + total_swap_pages: what a global OOM scales oom_score_adj by */
+const totalPages = (k: Kernel): number => k.zone.nrPages + (k.config.swap?.slots ?? 0);
+
+/**
+ * oom_badness: pages the kill would free, plus oom_score_adj thousandths of `totalpages`;
+ * LONG_MIN if unkillable (OOM_SCORE_ADJ_MIN) or already on its way out.
+ */
+export function oom_badness(k: Kernel, pid: number, totalpages = totalPages(k)): number {
   const pool = k.mmLayer.procs;
   const w = k.arena.i32;
   const p = pool.at(pid);
   const mm = w[p + ProcL.mm];
-  if (w[p + ProcL.state] !== PROC_RUNNING || mm === 0) return -1;
-  if ((Atomics.load(w, mm + MmL.flags) & (1 << MMF_OOM_SKIP)) !== 0) return -1;
+  if (w[p + ProcL.state] !== PROC_RUNNING || mm === 0) return LONG_MIN;
+  const adj = w[p + ProcL.oom_score_adj];
+  if (adj === OOM_SCORE_ADJ_MIN || (Atomics.load(w, mm + MmL.flags) & (1 << MMF_OOM_SKIP)) !== 0) return LONG_MIN;
   // no per-mm page-table counter here: the VMA count stands in for mm_pgtables_bytes
-  return rss(w, mm, MM_FILEPAGES) + rss(w, mm, MM_ANONPAGES) + rss(w, mm, MM_SHMEMPAGES) + rss(w, mm, MM_SWAPENTS) + w[mm + MmL.map_count];
+  const points = rss(w, mm, MM_FILEPAGES) + rss(w, mm, MM_ANONPAGES) + rss(w, mm, MM_SHMEMPAGES) + rss(w, mm, MM_SWAPENTS) + w[mm + MmL.map_count];
+  return points + adj * Math.floor(totalpages / 1000);
+}
+
+/** Write /proc/<pid>/oom_score_adj: 0, -EINVAL out of range, -ESRCH no such process. */
+export function oom_score_adj_write(k: Kernel, pid: number, adj: number): number {
+  const pool = k.mmLayer.procs;
+  if (!(Number.isInteger(pid) && pid > 0 && pid < pool.capacity) || !pool.inUse(pid)) return -3;
+  if (!Number.isInteger(adj) || adj < OOM_SCORE_ADJ_MIN || adj > OOM_SCORE_ADJ_MAX) return -22;
+  k.arena.i32[pool.at(pid) + ProcL.oom_score_adj] = adj;
+  return 0;
 }
 
 export interface OomControl {
   /** memcg id to choose within (memcg OOM), undefined for a global OOM */
   memcg?: number;
+  gfp?: number;
+  order?: number;
+  /** oom_score_adj's scale: mem_cgroup_get_max for a memcg OOM, else all RAM and swap */
+  totalpages?: number;
 }
 
 /** An earlier victim whose address space still holds pages (reaper gave up, exit not done). */
@@ -112,18 +109,19 @@ function victim_holds_memory(k: Kernel): boolean {
 export function select_bad_process(k: Kernel, oc: OomControl = {}): number {
   const pool = k.mmLayer.procs;
   const w = k.arena.i32;
+  const totalpages = oc.totalpages ?? totalPages(k);
   let chosen = 0;
-  let best = -1;
+  let best = LONG_MIN;
   for (let pid = 1; pid < pool.capacity; pid++) {
     if (!pool.inUse(pid)) continue;
     const p = pool.at(pid);
-    const mm = w[p + ProcL.mm];
-    if (oc.memcg !== undefined && (mm === 0 || w[mm + MmL.memcg] !== oc.memcg)) continue;
+    // mem_cgroup_scan_tasks: the group's members only
+    if (oc.memcg !== undefined && w[p + ProcL.memcg] !== oc.memcg) continue;
     // oom_evaluate_task: a victim not yet done (no MMF_OOM_SKIP) means wait, do not kill more
     const om = w[p + ProcL.oom_mm];
     if (om !== 0 && w[p + ProcL.state] === PROC_RUNNING && (Atomics.load(w, om + MmL.flags) & (1 << MMF_OOM_SKIP)) === 0) return -1;
-    const points = oom_badness(k, pid);
-    if (points > best) {
+    const points = oom_badness(k, pid, totalpages);
+    if (points !== LONG_MIN && (chosen === 0 || points >= best)) {
       best = points;
       chosen = pid;
     }
@@ -131,36 +129,98 @@ export function select_bad_process(k: Kernel, oc: OomControl = {}): number {
   return chosen;
 }
 
+/** mutex_trylock(&oom_lock) */
+export function oom_lock_trylock(k: Kernel): boolean {
+  return Atomics.compareExchange(k.arena.i32, g(k) + O_LOCK, 0, 1) === 0;
+}
+
+export function oom_unlock(k: Kernel): void {
+  Atomics.store(k.arena.i32, g(k) + O_LOCK, 0);
+}
+
 /** out_of_memory from a task: true if a victim was killed or one is still on its way out. */
 export function out_of_memory(k: Kernel, oc: OomControl = {}): boolean | number {
-  const w = k.arena.i32;
-  const lock = g(k) + O_LOCK;
-  if (Atomics.compareExchange(w, lock, 0, 1) !== 0) return true; // someone else is killing
+  if (!oom_lock_trylock(k)) return true; // someone else is killing
   try {
-    const pid = select_bad_process(k, oc);
-    if (pid === -1) return true;
-    if (pid === 0) return false; // the kernel panics here ("no killable processes")
-    oom_kill_process(k, pid, oc.memcg === undefined ? 'Out of memory' : 'Memory cgroup out of memory');
-    return pid;
+    return __out_of_memory(k, oc);
   } finally {
-    Atomics.store(w, lock, 0);
+    oom_unlock(k);
   }
 }
 
-/** oom_kill_process: kill `pid` (also the fault-injection entry). */
-export function oom_kill_process(k: Kernel, pid: number, message = 'Out of memory'): void {
+/** The kernel's out_of_memory, oom_lock held: the victim's pid, true (a victim is still exiting), false (none). */
+export function __out_of_memory(k: Kernel, oc: OomControl): boolean | number {
+  const pid = select_bad_process(k, oc);
+  if (pid === -1) return true;
+  if (pid === 0) {
+    // a global OOM panics here ("System is deadlocked on memory"); a memcg OOM just fails
+    if (oc.memcg !== undefined) k.klog.write('oom_kill', current.id, k.sched.now(), `Memory cgroup out of memory: ${mem_cgroup_path(k, oc.memcg)}: Out of memory and no killable processes...`);
+    return false;
+  }
+  oom_kill_process(k, pid, oc.memcg === undefined ? 'Out of memory' : 'Memory cgroup out of memory', oc.memcg);
+  return pid;
+}
+
+/**
+ * pagefault_out_of_memory: a user fault ended in VM_FAULT_OOM and will be retried. The failed
+ * allocation or charge already ran the OOM killer: a task with SIGKILL pending goes on to die,
+ * else a ratelimited warning ('v5.15' memcg policy: a global out_of_memory, if oom_lock is free).
+ * mem_cgroup_oom_synchronize is always false here (cgroup v1's oom_kill_disable only).
+ */
+export function pagefault_out_of_memory(k: Kernel): void {
+  if (fatal_signal_pending()) return;
+  if (mem_cgroup_oom_policy(k) === 'v5.15') {
+    out_of_memory(k, {});
+    return;
+  }
+  if (___ratelimit(k, k.memcg.hdr + H_PFOOM_RS, 'pagefault_out_of_memory', 'pagefault_oom')) splat(k, 'pagefault_oom', 'Huh VM_FAULT_OOM leaked out to the #PF handler. Retrying PF');
+}
+
+faultHooks.pagefault_out_of_memory = pagefault_out_of_memory;
+
+/**
+ * __alloc_pages_may_oom for the allocator's slow path: a task already killed fails its
+ * allocation and goes on to die (the kernel lets it dip into reserves first); otherwise
+ * out_of_memory, whose true means "retry" (a victim was chosen or is still exiting).
+ */
+function alloc_may_oom(k: Kernel, gfp: number, order: number): boolean {
+  if (fatal_signal_pending()) return false;
+  if (order > PAGE_ALLOC_COSTLY_ORDER) return false;
+  return out_of_memory(k, { gfp, order }) !== false;
+}
+
+allocOomHooks.may_oom = alloc_may_oom;
+
+/** oom_kill_process: kill `pid` (also the fault-injection entry); `memcg` for a memcg OOM. */
+export function oom_kill_process(k: Kernel, pid: number, message = 'Out of memory', memcg?: number): void {
   const w = k.arena.i32;
   if (victim_holds_memory(k)) Atomics.add(w, g(k) + O_WHILE_HELD, 1);
   Atomics.add(w, g(k) + O_KILLS, 1);
-  __oom_kill_process(k, pid, message);
+  // mem_cgroup_get_oom_group: memory.oom.group on the victim's group kills all of it
+  const vcg = w[k.mmLayer.procs.at(pid) + ProcL.memcg];
+  const group = vcg !== 0 && w[k.memcg.at(vcg) + MemcgL.oom_group] !== 0 ? vcg : 0;
+  __oom_kill_process(k, pid, message, memcg);
+  if (group === 0) return;
+  memcg_memory_event(k, group, MEMCG_OOM_GROUP_KILL);
+  k.klog.write('oom_kill', current.id, k.sched.now(), `Tasks in ${mem_cgroup_path(k, group)} are going to be killed due to memory.oom.group set`);
+  const pool = k.mmLayer.procs;
+  for (let q = 1; q < pool.capacity; q++) {
+    if (!pool.inUse(q) || w[pool.at(q) + ProcL.memcg] !== group) continue;
+    const qp = pool.at(q);
+    // oom_kill_memcg_member: not the unkillable, not victims already
+    if (w[qp + ProcL.state] !== PROC_RUNNING || w[qp + ProcL.oom_mm] !== 0 || w[qp + ProcL.oom_score_adj] === OOM_SCORE_ADJ_MIN || w[qp + ProcL.mm] === 0) continue;
+    __oom_kill_process(k, q, message, memcg);
+  }
 }
 
-function __oom_kill_process(k: Kernel, pid: number, message: string): void {
+function __oom_kill_process(k: Kernel, pid: number, message: string, memcg?: number): void {
   const pool = k.mmLayer.procs;
   const w = k.arena.i32;
   const p = pool.at(pid);
   const mm = w[p + ProcL.mm];
   const name = k.strings.get(w[p + ProcL.name]);
+  memcg_memory_event_mm(k, mm, MEMCG_OOM_KILL);
+  if (memcg !== undefined) message = `oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=${mem_cgroup_path(k, memcg)},task_memcg=${mem_cgroup_path(k, w[p + ProcL.memcg])},task=${name},pid=${pid}\n${message}`;
   // mark_oom_victim: signal->oom_mm pins the struct until the process is freed
   if (w[p + ProcL.oom_mm] === 0) {
     mmgrab(mm);
@@ -179,172 +239,5 @@ function __oom_kill_process(k: Kernel, pid: number, message: string): void {
   queue_oom_reaper(k, mm, pid);
 }
 
-/** queue_oom_reaper: once per mm; 'v5.18' delays the reaper by OOM_REAPER_DELAY. */
-export function queue_oom_reaper(k: Kernel, mm: number, pid: number): void {
-  if (mm_flags_test_and_set(MMF_OOM_REAP_QUEUED, mm)) return;
-  const w = k.arena.i32;
-  const b = g(k);
-  const delay = POLICIES[w[b + O_POLICY]] === 'v4.6' ? 0 : OOM_REAPER_DELAY / 1e6;
-  arch_spin_lock(w, b + O_QLOCK); // the reaper queue: a few stores under it
-  const tail = w[b + O_QTAIL];
-  if (tail - w[b + O_QHEAD] >= Q_LEN) {
-    arch_spin_unlock(w, b + O_QLOCK);
-    mm_flags_set(MMF_OOM_SKIP, mm); // no room: behave as if reaped, the victim still exits
-    return;
-  }
-  mmgrab(mm); // the queue's reference (the kernel holds the task)
-  const e = b + O_Q + (tail % Q_LEN) * Q_ENT;
-  w[e] = mm;
-  w[e + 1] = pid;
-  w[e + 2] = nowMs(k) + delay;
-  w[b + O_QTAIL] = tail + 1;
-  arch_spin_unlock(w, b + O_QLOCK);
-  Atomics.add(w, b + O_QSEQ, 1);
-  k.sched.wake(b + O_QSEQ, Infinity);
-}
-
-// ---- the reaper ------------------------------------------------------------------------------
-
-/** __oom_reap_task_mm: true only if no VMA was skipped. */
-function __oom_reap_task_mm(k: Kernel, mm: number): boolean {
-  // faults that would install anon PTEs now fail (check_stable_address_space)
-  mm_flags_set(MMF_UNSTABLE, mm);
-  return reapVmas(k, mm);
-}
-
-/**
- * The reaper's unmap of every private VMA, each inside a non-blockable UNMAP range over the
- * whole VMA; a VMA whose start is refused is skipped with no end. True only if none was
- * skipped. The caller holds the mmap_lock for read (the driver tests also call this alone,
- * to meet the reaper's invalidations without killing anything).
- */
-export function reapVmas(k: Kernel, mm: number): boolean {
-  const w = k.arena.i32;
-  let ret = true;
-  for (let vma = w[mm + MmL.mmap]; vma !== 0; vma = w[vma + V_NEXT]) {
-    const f = w[vma + V_FLAGS];
-    if ((f & (VM_HUGETLB | VM_PFNMAP)) !== 0) continue;
-    if ((f & VM_SHARED) !== 0) continue; // shared pages belong to the file / shmem object, not the victim
-    const start = vma_start(k, vma);
-    const end = vma_end(k, vma);
-    const range = new MmuNotifierRange();
-    mmu_notifier_range_init(range, MMU_NOTIFY_UNMAP, 0, mm, start, end);
-    const tlb = tlb_gather_mmu(k, mm);
-    if (mmu_notifier_invalidate_range_start_nonblock(range) !== 0) {
-      tlb_finish_mmu(tlb);
-      ret = false; // no end: nothing was started
-      continue;
-    }
-    unmap_single_vma(k, tlb, vma, start, end);
-    if (mmu_notifier_invalidate_range_end(range) !== undefined) throw new Error('oom_reaper: a non-blockable range end slept');
-    tlb_finish_mmu(tlb);
-  }
-  return ret;
-}
-
-/** oom_reap_task_mm: false means retry. */
-export function oom_reap_task_mm(k: Kernel, mm: number, pid: number, name: string): boolean {
-  const w = k.arena.i32;
-  const b = g(k);
-  const t = nowMs(k);
-  Atomics.add(w, b + O_ATTEMPTS, 1);
-  if (w[b + O_FIRST_MS] < 0) w[b + O_FIRST_MS] = t; // oom_reap_task resets it per victim
-  w[b + O_LAST_MS] = t;
-  if (!mmap_read_trylock(mm)) return false;
-  try {
-    // exit_mmap already unmapped everything and set the bit
-    if (mm_flags_test(MMF_OOM_SKIP, mm)) return true;
-    if (!__oom_reap_task_mm(k, mm)) return false;
-    Atomics.add(w, b + O_REAPED, 1);
-    k.klog.write('oom_reaper', current.id, k.sched.now(), `oom_reaper: reaped process ${pid} (${name}), now anon-rss:${rssKb(k, mm, MM_ANONPAGES)}kB, file-rss:${rssKb(k, mm, MM_FILEPAGES)}kB, shmem-rss:${rssKb(k, mm, MM_SHMEMPAGES)}kB`);
-    return true;
-  } finally {
-    mmap_read_unlock(mm);
-  }
-}
-
-/** debug_show_all_locks: who holds what, every live task. */
-function show_all_locks(k: Kernel): string {
-  const lines = ['Showing all locks held in the system:'];
-  for (const t of k.tasks.live()) {
-    const s = heldLocksText(k, t);
-    if (!s.startsWith('no locks')) lines.push(s);
-  }
-  return lines.join('\n');
-}
-
-/** oom_reap_task: up to MAX_OOM_REAP_RETRIES attempts HZ/10 apart; always ends with MMF_OOM_SKIP. */
-export async function oom_reap_task(k: Kernel, mm: number, pid: number, name: string): Promise<void> {
-  const w = k.arena.i32;
-  w[g(k) + O_FIRST_MS] = -1; // per victim
-  let attempts = 0;
-  while (attempts++ < MAX_OOM_REAP_RETRIES && !oom_reap_task_mm(k, mm, pid, name)) {
-    const p = k.sched.sleep(HZ / 10); // schedule_timeout_idle
-    if (p !== undefined) await p;
-  }
-  if (attempts > MAX_OOM_REAP_RETRIES && !mm_flags_test(MMF_OOM_SKIP, mm)) {
-    Atomics.add(w, g(k) + O_UNABLE, 1);
-    k.klog.write('oom_unable_to_reap', current.id, k.sched.now(), `oom_reaper: unable to reap pid:${pid} (${name})\n${show_all_locks(k)}`);
-  }
-  mm_flags_set(MMF_OOM_SKIP, mm); // the OOM killer may now pick another victim
-}
-
-/** Pop the next due victim, or the ms to wait (Infinity if none queued). */
-function dequeue(k: Kernel): { mm: number; pid: number } | number {
-  const w = k.arena.i32;
-  const b = g(k);
-  arch_spin_lock(w, b + O_QLOCK); // the reaper queue: a few stores under it
-  try {
-    const head = w[b + O_QHEAD];
-    if (head === w[b + O_QTAIL]) return Infinity;
-    const e = b + O_Q + (head % Q_LEN) * Q_ENT;
-    const wait = w[e + 2] - nowMs(k);
-    if (wait > 0) return wait;
-    w[b + O_QHEAD] = head + 1;
-    return { mm: w[e], pid: w[e + 1] };
-  } finally {
-    arch_spin_unlock(w, b + O_QLOCK);
-  }
-}
-
-/** The oom_reaper kthread (spawn as kind 'kthread'; module export for threads). Runs until oom_reaper_stop. */
-export async function oom_reaper(ctx: TaskContext<unknown>): Promise<void> {
-  const k = ctx.k;
-  const w = k.arena.i32;
-  const b = g(k);
-  for (;;) {
-    const seq = Atomics.load(w, b + O_QSEQ);
-    const next = dequeue(k);
-    if (typeof next === 'number') {
-      if (Atomics.load(w, b + O_STOP) !== 0 && next === Infinity) return;
-      const r = k.sched.wait(b + O_QSEQ, seq, next === Infinity ? undefined : next * 1e6);
-      if (typeof r !== 'number') await r;
-      continue;
-    }
-    // the timer's check: a victim that already exited needs no reaping
-    if (!mm_flags_test(MMF_OOM_SKIP, next.mm)) {
-      const p = procOf(k, next.pid, next.mm);
-      const name = p === 0 ? '?' : k.strings.get(w[p + ProcL.name]);
-      await oom_reap_task(k, next.mm, next.pid, name);
-    }
-    mmdrop(next.mm);
-  }
-}
-
-function procOf(k: Kernel, pid: number, mm: number): number {
-  const pool = k.mmLayer.procs;
-  return pool.inUse(pid) && k.arena.i32[pool.at(pid) + ProcL.mm] === mm ? pool.at(pid) : 0;
-}
-
-/** kthread_stop for the reaper: it returns once its queue is empty. */
-export function oom_reaper_stop(k: Kernel): void {
-  const w = k.arena.i32;
-  Atomics.store(w, g(k) + O_STOP, 1);
-  Atomics.add(w, g(k) + O_QSEQ, 1);
-  k.sched.wake(g(k) + O_QSEQ, Infinity);
-}
-
-/** This module's path, for spawning `oom_reaper` under threads. */
-export function oomKillModule(): string {
-  return fileURLToPath(import.meta.url);
-}
+/** The module holding the `oom_reaper` kthread, for spawning it under threads. */
+export const oomKillModule = oomReaperModule;

@@ -13,8 +13,10 @@ import { PF_MEMALLOC, TaskL } from '../sched/task.js';
 import { might_sleep } from '../sync/context.js';
 import { splat } from '../sched/splat.js';
 import { fs_reclaim_map, invalidate_start_map, lock_map_acquire, lock_map_release } from '../sync/lockdep_api.js';
-import { __GFP_DIRECT_RECLAIM, __GFP_FS, __GFP_HIGH, __GFP_KSWAPD_RECLAIM, __GFP_ZERO, gfpflags_allow_blocking } from './gfp.js';
+import { __GFP_DIRECT_RECLAIM, __GFP_FS, __GFP_HIGH, __GFP_KSWAPD_RECLAIM, __GFP_NORETRY, __GFP_RETRY_MAYFAIL, __GFP_ZERO, gfpflags_allow_blocking } from './gfp.js';
 import { PG_free, PG_reserved, PageL, ZERO_PFN } from './page.js';
+import { LruVec, folio_lru_release } from './lru.js';
+import { should_fail_alloc_page } from './fail_page_alloc.js';
 
 export interface MemConfig {
   /** frames, including the zero page */
@@ -25,6 +27,12 @@ export interface MemConfig {
   min?: number;
   low?: number;
   high?: number;
+  /**
+   * Reclaim on (vmscan.ts): allocations below the watermarks direct-reclaim (GFP_KERNEL and
+   * the like) and wake kswapd (a kthread the runner starts: vmscan.ts `kswapd`). Off (the
+   * default): an allocation that finds no frame fails, as before reclaim existed.
+   */
+  reclaim?: boolean;
 }
 
 export const defaultMemConfig: MemConfig = { pages: 4096, pageSize: 4096 };
@@ -46,7 +54,10 @@ const MIN = 4;
 const LOW = 5;
 const HIGH = 6;
 const ALLOC_FAILS = 7;
-const HEADER = 8;
+/** words kept for mm/fail_page_alloc.c's attributes (fail_page_alloc.ts) */
+export const ZONE_FAIL_ATTR_WORDS = 24;
+const FAIL_ATTR = 8;
+const HEADER = FAIL_ATTR + ZONE_FAIL_ATTR_WORDS;
 
 /** Hooks the memory-pressure layer fills: direct reclaim and waking kswapd. */
 export interface ReclaimHooks {
@@ -54,6 +65,15 @@ export interface ReclaimHooks {
   direct(k: Kernel, gfp: number, nr: number): Promise<number>;
   wakeKswapd(k: Kernel): void;
 }
+
+/**
+ * The hooks a zone with mem.reclaim uses: vmscan.ts fills them when it loads (in every thread
+ * that imports it). Until then direct reclaim frees nothing and there is no kswapd to wake.
+ */
+export const reclaimHooks: ReclaimHooks = {
+  direct: async () => 0,
+  wakeKswapd: () => {},
+};
 
 export class Zone {
   private readonly w: Int32Array;
@@ -75,6 +95,7 @@ export class Zone {
     this.pageSize = cfg.pageSize;
     this.pageWords = cfg.pageSize >> 2;
     this.data = arena.region('pagedata');
+    if (cfg.reclaim === true) this.reclaim = reclaimHooks;
   }
 
   static plan(plan: ArenaPlan, cfg: MemConfig): void {
@@ -84,6 +105,7 @@ export class Zone {
     }
     plan.region('zone', HEADER + cfg.pages * PageL.$size);
     plan.region('pagedata', (cfg.pages * cfg.pageSize) >> 2);
+    LruVec.plan(plan, cfg.pages); // the zone's LRU lists (lru.ts)
   }
 
   static init(arena: Arena, cfg: MemConfig): void {
@@ -132,6 +154,10 @@ export class Zone {
   }
   get allocFailures(): number {
     return this.w[this.hdr + ALLOC_FAILS];
+  }
+  /** word offset of fail_page_alloc's attributes (fail_page_alloc.ts) */
+  get failAttr(): number {
+    return this.hdr + FAIL_ATTR;
   }
 
   /** Take a frame if the watermark allows; 0 if not. Never sleeps. */
@@ -216,6 +242,7 @@ export function might_alloc(k: Kernel, gfp: number): void {
  */
 export function alloc_page(k: Kernel, gfp: number): number | Promise<number> {
   might_alloc(k, gfp);
+  if (should_fail_alloc_page(k, gfp, 0)) return 0; // prepare_alloc_pages: fault injection
   const z = k.zone;
   const pfn = z.rmqueue(gfp);
   if (pfn !== 0) {
@@ -224,36 +251,72 @@ export function alloc_page(k: Kernel, gfp: number): number | Promise<number> {
     return pfn;
   }
   if (z.reclaim && gfp & __GFP_KSWAPD_RECLAIM) z.reclaim.wakeKswapd(k);
-  if (!gfpflags_allow_blocking(gfp) || !z.reclaim) {
+  if (!gfpflags_allow_blocking(gfp)) {
     z.countFailure();
     return 0;
   }
   return allocSlow(k, gfp);
 }
 
+/**
+ * The OOM killer's entry for the allocator (oom_kill.ts fills it when it loads):
+ * __alloc_pages_may_oom after reclaim made no progress. True when retrying makes sense (a
+ * victim was killed or is still on its way out); false when the allocation should fail.
+ */
+export const allocOomHooks: { may_oom: ((k: Kernel, gfp: number, order: number) => boolean) | null } = { may_oom: null };
+
+/** a jiffy: what the slow path sleeps before retrying after the OOM killer ran */
+const JIFFY_NS = 4e6;
+
+/**
+ * __alloc_pages_slowpath, order 0: direct reclaim while it makes progress (at most
+ * MAX_RECLAIM_RETRIES rounds), then __alloc_pages_may_oom: the OOM killer picks a victim and
+ * the allocation retries once a jiffy until the victim's memory is back, the caller is itself
+ * killed, or nothing is left to kill. With `mem.reclaim` off only the OOM step runs.
+ */
 async function allocSlow(k: Kernel, gfp: number): Promise<number> {
   const z = k.zone;
-  const reclaim = z.reclaim!;
-  for (let tries = 0; tries < 16; tries++) {
-    fs_reclaim_acquire(k, gfp);
-    let freed: number;
-    try {
-      freed = await reclaim.direct(k, gfp, 32);
-    } finally {
-      fs_reclaim_release(k, gfp);
+  let rounds = 0;
+  for (;;) {
+    let freed = 0;
+    if (z.reclaim !== null && rounds < 16) {
+      rounds++;
+      fs_reclaim_acquire(k, gfp);
+      try {
+        freed = await z.reclaim.direct(k, gfp, 32);
+      } finally {
+        fs_reclaim_release(k, gfp);
+      }
     }
     const pfn = z.rmqueue(gfp);
     if (pfn !== 0) {
       if (gfp & __GFP_ZERO) clearPage(k, pfn);
       return pfn;
     }
-    if (freed === 0) break;
+    if (freed > 0) continue; // should_reclaim_retry: progress, try again
+    // __GFP_NORETRY / __GFP_RETRY_MAYFAIL callers handle failure; GFP_NOFS/NOIO cannot OOM-kill
+    if (gfp & (__GFP_NORETRY | __GFP_RETRY_MAYFAIL) || (gfp & __GFP_FS) === 0) break;
+    if (allocOomHooks.may_oom === null || !allocOomHooks.may_oom(k, gfp, 0)) break;
+    const s = k.sched.sleep(JIFFY_NS); // schedule_timeout_uninterruptible(1): let the victim run
+    if (s !== undefined) await s;
   }
   z.countFailure();
   return 0;
 }
 
+/**
+ * The memory controller's entry points (memcontrol.ts fills them when it loads, in every
+ * thread that boots or attaches a kernel): charge a new frame to an mm's memcg, uncharge one.
+ */
+export const memcgHooks: {
+  charge: ((k: Kernel, pfn: number, mm: number, gfp: number) => number | Promise<number>) | null;
+  uncharge: ((k: Kernel, pfn: number) => void) | null;
+} = { charge: null, uncharge: null };
+
 export function __free_page(k: Kernel, pfn: number): void {
+  folio_lru_release(k, pfn); // a page freed without put_page (a shmem object's teardown) leaves its list too
+  // mem_cgroup_uncharge, as __folio_put does: every last reference ends here
+  if (memcgHooks.uncharge !== null && k.arena.i32[k.zone.page(pfn) + PageL.memcg] !== 0) memcgHooks.uncharge(k, pfn);
   k.zone.freeOne(pfn);
 }
 

@@ -19,6 +19,7 @@ import { dup_mmap } from './fork.js';
 import { SIGKILL } from './memory.js';
 import { TASK_MM, TASK_SIGPENDING, TASK_WORDS } from './mm_layer.js';
 import { mm_alloc, mmdrop_k, mmget, mmput } from './mm_struct.js';
+import { MmL } from './types.js';
 import { kthread_unuse_mm, kthread_use_mm } from './uaccess.js';
 
 export const MAX_THREADS = 8;
@@ -39,6 +40,10 @@ export const ProcL = defineStruct('process', {
   tasks: MAX_THREADS, // task ids, 0 once the thread exited
   /** signal->oom_mm: the mm an OOM kill marked (mmgrab), dropped when the process is freed */
   oom_mm: 1,
+  /** the memory cgroup it belongs to (memcontrol.ts), 0 = root; a child starts in its parent's */
+  memcg: 1,
+  /** signal->oom_score_adj, OOM_SCORE_ADJ_MIN..MAX; inherited at fork */
+  oom_score_adj: 1,
 });
 
 export const PROC_FREE = 0;
@@ -103,6 +108,13 @@ function procAlloc(k: Kernel, mm: number, parent: number, name: string): number 
   w[p + ProcL.mm] = mm;
   w[p + ProcL.parent] = parent;
   w[p + ProcL.name] = k.strings.intern(name);
+  if (parent !== 0) {
+    // cgroup_fork and copy_signal: the parent's cgroup and oom_score_adj; the mm is charged to it
+    const pp = pool.at(parent);
+    w[p + ProcL.memcg] = w[pp + ProcL.memcg];
+    w[p + ProcL.oom_score_adj] = w[pp + ProcL.oom_score_adj];
+    w[mm + MmL.memcg] = w[p + ProcL.memcg];
+  }
   Atomics.store(w, p + ProcL.state, PROC_RUNNING);
   return pid;
 }

@@ -73,7 +73,7 @@ export function page_remove_rmap(k: Kernel, pfn: number, mm: number, addr: numbe
     if (prev === 0) w[p + P_MAPPING] = w[node + R_NEXT];
     else w[prev + R_NEXT] = w[node + R_NEXT];
     w[p + P_MAPCOUNT]--;
-    if (w[p + P_MAPCOUNT] === 0) w[p + PageL.flags] &= ~PG_anon_exclusive;
+    if (w[p + P_MAPCOUNT] === 0) Atomics.and(w, p + PageL.flags, ~PG_anon_exclusive); // atomic: PG_locked / PG_lru move under us
   }
   arch_spin_unlock(w, lock);
   if (node === 0) {
@@ -202,7 +202,8 @@ function unmapOneLocked(k: Kernel, pfn: number, mm: number, addr: number, range:
           const entry = swp_entry_to_pte(SWP_SWAP, w[p + PageL.private]);
           if (rmapHooks.swap_duplicate && !rmapHooks.swap_duplicate(k, entry)) ret = false;
           else {
-            Atomics.exchange(w, slot, entry);
+            // the dirty bit moves to the page now the PTE is gone, as for every page
+            if (pte_dirty(Atomics.exchange(w, slot, entry))) Atomics.or(w, p + PageL.flags, PG_dirty);
             w[mm + MmL.rss_stat + MM_ANONPAGES]--;
             w[mm + MmL.rss_stat + MM_SWAPENTS]++;
             dropRef = true;
@@ -210,7 +211,7 @@ function unmapOneLocked(k: Kernel, pfn: number, mm: number, addr: number, range:
         }
       } else {
         const old = Atomics.exchange(w, slot, 0);
-        if (pte_dirty(old)) w[p + PageL.flags] |= PG_dirty;
+        if (pte_dirty(old)) Atomics.or(w, p + PageL.flags, PG_dirty);
         w[mm + MmL.rss_stat + MM_SHMEMPAGES]--;
         dropRef = true;
       }

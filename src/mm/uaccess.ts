@@ -13,13 +13,14 @@ import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
 import { TaskExit, type Task } from '../sched/task.js';
 import { EFAULT } from '../shm/errno.js';
-import { FAULT_FLAG_USER, FAULT_FLAG_WRITE, SIGKILL, SIGSEGV, fault_signal, handle_mm_fault } from './memory.js';
+import { FAULT_FLAG_USER, FAULT_FLAG_WRITE, SIGKILL, SIGSEGV, VM_FAULT_SIGSEGV, fault_signal, handle_mm_fault } from './memory.js';
 import { TASK_FAULTSIG, TASK_MM, TASK_SIGPENDING, TASK_UACCESS, TASK_WORDS } from './mm_layer.js';
 import { mmap_read_lock, mmap_read_unlock } from './mm_inline.js';
 import { pte_lookup } from './mm_pt.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY } from './pgtable.js';
 import { MmL } from './types.js';
 import { vma_lookup } from './vma.js';
+import { emitFault, emitFaultDone } from './events.js';
 
 /** get_user's result when the access faulted */
 export const UACCESS_FAULT = -(2 ** 32) - EFAULT;
@@ -93,24 +94,26 @@ function fastWord(k: Kernel, w: Int32Array, mm: number, addr: number, write: boo
  * the signal (SIGSEGV/SIGBUS) the access raises.
  */
 async function user_fault(k: Kernel, mm: number, addr: number, write: boolean): Promise<number> {
+  emitFault(k, mm, addr, FAULT_FLAG_USER | (write ? FAULT_FLAG_WRITE : 0));
   const l = mmap_read_lock(mm);
   if (l !== undefined) await l;
-  let sig: number;
+  let ret = VM_FAULT_SIGSEGV;
   try {
     const vma = vma_lookup(k, mm, addr);
-    if (vma === 0) sig = SIGSEGV;
-    else {
+    if (vma !== 0) {
       const r = handle_mm_fault(mm, vma, addr, FAULT_FLAG_USER | (write ? FAULT_FLAG_WRITE : 0));
-      sig = fault_signal(typeof r === 'number' ? r : await r);
+      ret = typeof r === 'number' ? r : await r;
     }
   } finally {
     mmap_read_unlock(mm);
   }
-  return sig;
+  emitFaultDone(k, mm, addr, ret);
+  return fault_signal(ret); // VM_FAULT_SIGSEGV when there is no VMA
 }
 
 /** The same, without a promise when nothing sleeps (lock uncontended, no sleeping allocation). */
 function user_fault_sync(k: Kernel, mm: number, addr: number, write: boolean): number | Promise<number> {
+  emitFault(k, mm, addr, FAULT_FLAG_USER | (write ? FAULT_FLAG_WRITE : 0));
   const l = mmap_read_lock(mm);
   if (l !== undefined) return l.then(() => faultLocked(k, mm, addr, write));
   return faultLocked(k, mm, addr, write);
@@ -127,11 +130,13 @@ function faultLocked(k: Kernel, mm: number, addr: number, write: boolean): numbe
   }
   if (typeof r === 'number') {
     mmap_read_unlock(mm);
+    emitFaultDone(k, mm, addr, r === SIGSEGV * 0x10000 ? VM_FAULT_SIGSEGV : r);
     return r === SIGSEGV * 0x10000 ? SIGSEGV : fault_signal(r);
   }
   return r.then(
     (v) => {
       mmap_read_unlock(mm);
+      emitFaultDone(k, mm, addr, v);
       return fault_signal(v);
     },
     (e: unknown) => {

@@ -41,7 +41,7 @@ function zap_range_locked(k: Kernel, tlb: MmuGather, mm: number, start: number, 
       const p = z.page(pfn);
       if ((w[p + PageL.flags] & PG_anon) !== 0) w[rss + MM_ANONPAGES]--;
       else {
-        if (pte_dirty(pte)) w[p + PageL.flags] |= PG_dirty;
+        if (pte_dirty(pte)) Atomics.or(w, p + PageL.flags, PG_dirty);
         w[rss + MM_SHMEMPAGES]--;
       }
       page_remove_rmap(k, pfn, mm, addr);

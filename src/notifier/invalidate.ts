@@ -13,11 +13,13 @@ import { EINVAL } from '../shm/errno.js';
 import { might_sleep } from '../sync/context.js';
 import { lock_map_acquire, lock_map_release } from '../sync/lockdep_api.js';
 import { MmL, ULONG_MAX, is_ulong, mmLabel } from '../mm/types.js';
+import { emitInvEnd, emitInvStart, emitInvStarted } from '../mm/events.js';
 import { drive } from './drive.js';
 import { mn_itree_inv_end, mn_itree_invalidate, mn_itree_release } from './interval.js';
 import { mn_hlist_invalidate_end, mn_hlist_invalidate_range_start, mn_hlist_release } from './mmu_notifier.js';
 import {
   MMU_NOTIFIER_RANGE_BLOCKABLE,
+  MMU_NOTIFY_RELEASE,
   RANGE_ENDED,
   RANGE_FAILED,
   RANGE_IDLE,
@@ -145,9 +147,12 @@ function startNoNotifiers(core: NotifierCore, range: MmuNotifierRange): number {
 export function mmu_notifier_invalidate_range_start(range: MmuNotifierRange): Promise<void> | undefined {
   might_sleep('mmu_notifier_invalidate_range_start');
   const core = current.k.notifier;
-  if (startNoNotifiers(core, range) !== -1) return undefined;
+  emitInvStart(core.k, range.mm, range.start, range.end);
+  const fast = startNoNotifiers(core, range);
+  if (fast !== -1) return void emitInvStarted(core.k, range.mm, range.event, true, fast);
   const r = drive(startGen(core, range, true));
-  return typeof r === 'number' ? undefined : r.then(() => undefined);
+  if (typeof r === 'number') return void emitInvStarted(core.k, range.mm, range.event, true, r);
+  return r.then((v) => void emitInvStarted(core.k, range.mm, range.event, true, v));
 }
 
 /**
@@ -156,11 +161,12 @@ export function mmu_notifier_invalidate_range_start(range: MmuNotifierRange): Pr
  */
 export function mmu_notifier_invalidate_range_start_nonblock(range: MmuNotifierRange): number {
   const core = current.k.notifier;
+  emitInvStart(core.k, range.mm, range.start, range.end);
   const fast = startNoNotifiers(core, range);
-  if (fast !== -1) return fast;
+  if (fast !== -1) return emitInvStarted(core.k, range.mm, range.event, false, fast);
   const r = drive(startGen(core, range, false));
   if (typeof r !== 'number') throw new Error('mmu_notifier_invalidate_range_start_nonblock: a non-blockable start waited');
-  return r;
+  return emitInvStarted(core.k, range.mm, range.event, false, r);
 }
 
 function* endGen(core: NotifierCore, range: MmuNotifierRange, subs: number): Generator<unknown, void, unknown> {
@@ -210,9 +216,10 @@ export function mmu_notifier_invalidate_range_end(range: MmuNotifierRange): Prom
   range._state = RANGE_ENDED;
   closeOpen(core.w, range);
   const subs = range.mm > 0 ? core.w[range.mm + MmL.notifier_subscriptions] : 0;
-  if (subs === 0) return undefined;
+  if (subs === 0) return void emitInvEnd(k, range.mm, range.event, mmu_notifier_range_blockable(range));
   const r = drive(endGen(core, range, subs));
-  return r === undefined ? undefined : r;
+  if (r === undefined) return void emitInvEnd(k, range.mm, range.event, mmu_notifier_range_blockable(range));
+  return r.then(() => emitInvEnd(k, range.mm, range.event, mmu_notifier_range_blockable(range)));
 }
 
 function* releaseGen(core: NotifierCore, subs: number, mm: number): Generator<unknown, void, unknown> {
@@ -241,8 +248,11 @@ function* releaseGen(core: NotifierCore, subs: number, mm: number): Generator<un
  */
 export function __mmu_notifier_release(mm: number): Promise<void> | undefined {
   const core = current.k.notifier;
+  emitInvStart(core.k, mm, 0, ULONG_MAX);
+  emitInvStarted(core.k, mm, MMU_NOTIFY_RELEASE, true, 0);
   const r = drive(releaseGen(core, core.w[mm + MmL.notifier_subscriptions], mm));
-  return r === undefined ? undefined : r;
+  if (r === undefined) return void emitInvEnd(core.k, mm, MMU_NOTIFY_RELEASE, true);
+  return r.then(() => emitInvEnd(core.k, mm, MMU_NOTIFY_RELEASE, true));
 }
 
 /** mmu_notifier_release: __mmu_notifier_release if the mm has notifiers. */

@@ -21,6 +21,10 @@ import { Zone, defaultMemConfig } from '../mm/page_alloc.js';
 import { MmLayer, mmViews } from '../mm/mm_layer.js';
 import type { PageTables } from '../mm/pgtable.js';
 import '../mm/process.js'; // the mm layer's process entry, loadable in every worker
+import { SwapInfo } from '../mm/swapfile.js';
+import '../mm/vmscan.js'; // fills the zone's reclaim hooks in every thread with a kernel
+import '../mm/swap_fault.js'; // installs do_swap_page and the swap hooks in every thread with a kernel
+import { MemCgroups } from '../mm/memcontrol.js'; // also installs the memcg charge hooks in every thread with a kernel
 import { DeviceLayer, deviceViews } from '../device/layer.js';
 
 export type BootConfig = Partial<KernelConfig>;
@@ -36,6 +40,8 @@ class KernelInstance implements Kernel {
   readonly zone: Zone;
   readonly pgtables: PageTables;
   readonly mmLayer: MmLayer;
+  readonly swap: SwapInfo;
+  readonly memcg: MemCgroups;
   readonly devices: DeviceLayer;
   sched: Scheduler = new BootScheduler();
 
@@ -52,6 +58,8 @@ class KernelInstance implements Kernel {
     this.notifier = new NotifierCore(this, arena);
     this.zone = new Zone(arena, config.mem);
     ({ pgtables: this.pgtables, mmLayer: this.mmLayer } = mmViews(arena, config));
+    this.swap = new SwapInfo(arena, config);
+    this.memcg = new MemCgroups(arena, config);
     this.devices = deviceViews(arena, config);
   }
 }
@@ -78,6 +86,8 @@ export function planKernel(c: KernelConfig): ArenaLayout {
   planThreads(plan);
   Zone.plan(plan, c.mem);
   MmLayer.plan(plan, c);
+  SwapInfo.plan(plan, c);
+  MemCgroups.plan(plan, c);
   DeviceLayer.plan(plan, c);
   return plan.layout();
 }
@@ -93,6 +103,8 @@ export function bootKernel(cfg: BootConfig = {}): Kernel {
   Lockdep.init(arena, c.lockClasses + 1, c.lockdepEdges, c.lockdep);
   Zone.init(arena, c.mem);
   MmLayer.init(arena, c);
+  SwapInfo.init(arena, c);
+  MemCgroups.init(arena, c);
   DeviceLayer.init(arena, c);
   const k = new KernelInstance(c, arena);
   k.lockdep.initMaps();

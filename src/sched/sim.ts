@@ -191,7 +191,7 @@ export class SimScheduler implements Scheduler, Runner {
     t.prio = this.changePoints.length + 1 + this.prng.next();
     this.alive++;
     this.runq.push(t);
-    this.k.events.emit(EV.SPAWN, t.id, parent, 0, 0);
+    this.k.events.emit(EV.SPAWN, t.id, parent, this.k.arena.i32[t.base + TaskL.name], this.k.arena.i32[t.base + TaskL.kind]);
     return t;
   }
 

@@ -139,7 +139,7 @@ export class ThreadsScheduler implements Scheduler {
       k.tasks.pool.free(t.id);
       throw new TypeError(`task '${spec.name}': args must be structured-cloneable under threads (${(e as Error).message})`);
     }
-    k.events.emit(EV.SPAWN, t.id, parent, 0, 0);
+    k.events.emit(EV.SPAWN, t.id, parent, this.w[t.base + TaskL.name], this.w[t.base + TaskL.kind]);
     return t;
   }
 

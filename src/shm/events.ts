@@ -24,7 +24,7 @@ const HEADER = 8;
 
 /** Event types. Later layers append their own after USER. */
 export const EV = {
-  SPAWN: 1,
+  SPAWN: 1, // a = parent, b = name (string id), c = kind (TASK_KINDS index)
   EXIT: 2,
   SWITCH: 3, // a = from task, b = to task
   BLOCK: 4, // a = word, b = expected
@@ -37,6 +37,7 @@ export const EV = {
   PCT_CHANGE: 11, // a = step, b = task demoted
   TIMEOUT: 12,
   ABORT: 13,
+  ACQUIRED: 14, // a = lock: the lock a CONTENDED wait was for is taken
   USER: 64,
 } as const;
 

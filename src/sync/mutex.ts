@@ -65,6 +65,7 @@ async function lockSlow(m: Mutex, t: Task): Promise<void> {
     c = Atomics.exchange(w, m.at, 2);
   }
   w[m.at + OBJ_OWNER] = t.id + 1;
+  t.k.events.emit(EV.ACQUIRED, t.id, m.at, 0, 0);
 }
 
 export function mutex_trylock(m: Mutex): boolean {

@@ -142,6 +142,7 @@ async function slow(s: RwSem, t: Task, write: boolean): Promise<void> {
     Atomics.sub(w, s.at + WAITERS, 1);
   }
   if (write) Atomics.sub(w, s.at + WRITERS_WAITING, 1); // up_write wakes the readers we held back
+  t.k.events.emit(EV.ACQUIRED, t.id, s.at, 0, write ? 1 : 0);
 }
 
 function wakeAll(s: RwSem, t: Task): void {
