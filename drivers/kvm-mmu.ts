@@ -33,6 +33,7 @@ import {
   device_fence_spin,
   device_fence_wait,
   device_mm,
+  device_open,
   device_priv,
   device_stat_add,
   device_lock,
@@ -52,6 +53,7 @@ import {
   type DriverOpenOpts,
   type Kernel,
 } from '../src/device/index.js';
+import { defineStressAdapter, spawnStressEngines } from '../src/device/stress_adapter.js';
 
 /** struct kvm, the parts the MMU notifier touches */
 export const KvmL = defineStruct('kvm', {
@@ -265,3 +267,15 @@ export function kvmState(k: Kernel, dev: number): { in_progress: number; seq: nu
     released: w[kvm + KvmL.released],
   };
 }
+
+/** Under `shadowmm stress`: one VM whose memslot is the process's window, its vCPUs the device engines. */
+export const stress = defineStressAdapter({
+  driver: 'kvm-mmu',
+  description: 'a VM (one memslot over the window); vCPUs access guest memory through the SPTEs',
+  open: ({ mm, name, base, npages }) => device_open('kvm-mmu', { mm, name, slot_base: base, slot_npages: npages }),
+  start: spawnStressEngines,
+  stats: (k, dev) => {
+    const s = kvmState(k, dev);
+    return { starts: s.starts, ends: s.ends, in_progress: s.in_progress };
+  },
+});

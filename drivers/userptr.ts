@@ -37,7 +37,10 @@ import {
   device_fence_fail,
   device_fence_wait,
   device_lock,
+  device_close,
+  device_ioctl,
   device_mm,
+  device_open,
   device_priv,
   device_stat_add,
   device_trylock,
@@ -55,6 +58,7 @@ import {
   type Kernel,
   type MmuNotifierRange,
 } from '../src/device/index.js';
+import { defineStressAdapter, spawnStressEngines } from '../src/device/stress_adapter.js';
 
 /** objects per open */
 export const USERPTR_MAX_OBJS = 8;
@@ -410,3 +414,32 @@ export function userptrStats(k: Kernel, dev: number): { eagain: number; invalida
   const st = w[dev + DevL.priv];
   return { eagain: w[st + UserptrL.eagain], invalidations: w[st + UserptrL.invalidations], retries: w[st + UserptrL.retries] };
 }
+
+/**
+ * Under `shadowmm stress`: up to USERPTR_MAX_OBJS objects tiling the first half of the window
+ * (pinned pages cannot be reclaimed: the other half is left to reclaim); GPU faults bind them.
+ */
+const stressObjPages = (npages: number): number => Math.min(Math.ceil(npages / 2), USERPTR_MAX_OBJS * USERPTR_MAX_PAGES);
+
+export const stress = defineStressAdapter({
+  driver: 'userptr',
+  // the race this file models on purpose (see the top of the file); the mirror check finds it
+  known: [{ kind: 'mirror_invariant', why: "i915's pre-v5.13 userptr race, modelled on purpose: an object rebound between its hlist start and the zap maps pages about to go" }],
+  description: 'GPU buffer objects over the window, pinned and bound on a GPU fault',
+  async open({ mm, name, base, npages, k }) {
+    const dev = await device_open('userptr', { mm, name });
+    if (dev < 0) return dev;
+    const half = stressObjPages(npages);
+    const per = Math.ceil(half / USERPTR_MAX_OBJS);
+    for (let p = 0; p < half; p += per) {
+      const h = await device_ioctl(dev, 'USERPTR', { addr: base + p * k.mmLayer.pageSize, npages: Math.min(per, half - p) });
+      if (typeof h !== 'number' || h < 0) {
+        await device_close(dev);
+        return typeof h === 'number' ? h : -EINVAL;
+      }
+    }
+    return dev;
+  },
+  start: (a) => spawnStressEngines({ ...a, npages: stressObjPages(a.npages) }),
+  stats: (k, dev) => userptrStats(k, dev),
+});

@@ -384,3 +384,5 @@ export function dmirror_entries(mod: number, fd: number, start = 0, end = 2 ** 4
 export function dmirror_set_hooks_fd(mod: number, fd: number, h: DmirrorHooks | null): void {
   dmirror_set_hooks(dmirror_of(mod, fd), h);
 }
+
+export { stress } from './stress.js';

@@ -285,3 +285,8 @@ export async function dmirror_device_remove_chunks(k: Kernel, md: number): Promi
 }
 
 
+
+/** MIGRATE_TO_DEV / MIGRATE_TO_SYS without the read-back through pt (shadowmm stress: stress.ts). */
+export function dmirror_migrate_range(k: Kernel, d: number, addr: number, npages: number, toDevice: boolean): Promise<number> {
+  return migrate_range(k, d, { addr, ptr: 0, npages, cpages: 0, faults: 0, livelock: false }, toDevice);
+}

@@ -512,3 +512,5 @@ export function gpusvmStats(k: Kernel, dev: number): GpusvmStats {
 }
 
 
+
+export { stress } from './stress.js';

@@ -41,7 +41,8 @@ import {
 } from '../../src/device/index.js';
 import type { Task } from '../../src/sched/task.js';
 import { HMM_PFN_DMA_MAPPED, HMM_PFN_VALID, HMM_PFN_WRITE } from '../../src/hmm/pfn.js';
-import { MR_STATE_VALID, OdpL, ib_umem_odp_get, odp_end, odp_start } from './umem_odp.js';
+import { IB_ACCESS_LOCAL_WRITE, IB_ACCESS_ON_DEMAND, IB_ACCESS_REMOTE_ATOMIC, IB_ACCESS_REMOTE_READ, IB_ACCESS_REMOTE_WRITE, MR_STATE_VALID, OdpL, ib_umem_odp_get, odp_end, odp_start } from './umem_odp.js';
+import { defineStressAdapter } from '../../src/device/stress_adapter.js';
 import { MLX5_PF_FLAGS_SNAPSHOT, ib_umem_odp_release, odp_advise_mr, odp_dereg_mr, odp_device_fault, odp_prefetch_work as prefetchWork, pagefault_real_mr, type IbSge, type PrefetchWorkArgs } from './mr.js';
 import { odp_rdma_qp as qp, type RdmaQpArgs } from './rdma.js';
 
@@ -197,3 +198,19 @@ export function odpPfnList(k: Kernel, dev: number): { valid: boolean; write: boo
   }
   return out;
 }
+
+/** Under `shadowmm stress`: one ODP MR over the window, its QPs posting RDMA READ/WRITE/atomics until told to stop. */
+export const stress = defineStressAdapter({
+  driver: 'odp',
+  description: 'an on-demand-paging MR over the window; QPs run RDMA READ, WRITE and FETCH_AND_ADD',
+  open: ({ mm, name, base, npages, k }) =>
+    ib_reg_mr({ mm, name, addr: base, length: npages * k.mmLayer.pageSize, access: IB_ACCESS_ON_DEMAND | IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE | IB_ACCESS_REMOTE_READ | IB_ACCESS_REMOTE_ATOMIC }),
+  start(a) {
+    for (let e = 0; e < a.engines; e++) spawnRdmaQp(a.k, a.spawner, { dev: a.dev, engine: e, start: a.base, npages: a.npages, wrs: 1 << 30, wrPages: 3, duty: a.duty, word: 1 + e, seed: a.seed * 31 + e, stopWord: a.stopWord });
+  },
+  close: (dev) => ib_dereg_mr(dev),
+  stats: (k, dev) => {
+    const s = odpStats(k, dev);
+    return { invalidations: s.invalidations, nonblock_refused: s.nonblock_refused, page_faults: s.page_faults, fault_pages: s.fault_pages };
+  },
+});

@@ -7,6 +7,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { oomTestCommand, stressCommand, type CliCommand } from './stress_cmd.js';
+import { listCommand, replayCommand, runCommand } from './scenario_cmds.js';
+import { exploreCommand } from './explore.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 type Values = Record<string, string | boolean | undefined>;
@@ -21,7 +24,9 @@ interface Command {
   /** what else the command's --help says (exit codes) */
   notes: string[];
   options: Options;
-  run(values: Values): Promise<number>;
+  /** it takes positional arguments (a scenario name or file) */
+  positionals?: boolean;
+  run(values: Values, positionals: string[]): Promise<number>;
 }
 
 class UsageError extends Error {
@@ -58,7 +63,24 @@ const COMMANDS: Record<string, Command> = {
       return parts.every((p) => p.ok) ? 0 : 1;
     },
   },
+  stress: external('stress', stressCommand),
+  'oom-test': external('oom-test', oomTestCommand),
+  list: external('list', listCommand),
+  run: external('run', runCommand),
+  replay: external('replay', replayCommand),
+  explore: external('explore', exploreCommand),
 };
+
+/** A command defined in its own file: its CliUsageError becomes this file's usage error. */
+function external(name: string, c: CliCommand | Command): Command {
+  return {
+    ...c,
+    run: (v, positionals) =>
+      (c as Command).run(v as Values, positionals).catch((e: unknown) => {
+        throw (e as { usage?: boolean })?.usage === true ? usageError((e as Error).message, name) : e;
+      }),
+  };
+}
 
 function parseSeed(s: string): number {
   if (!/^\d+$/.test(s) || Number(s) > 0xffffffff) throw usageError(`--seed must be a whole number from 0 to 4294967295, got '${s}'`, 'demo');
@@ -137,8 +159,9 @@ async function main(argv: string[]): Promise<number> {
   const cmd = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (!cmd) throw usageError(`unknown command '${name}' (commands: ${Object.keys(COMMANDS).join(', ')})`);
   let values: Values;
+  let positionals: string[];
   try {
-    values = parseArgs({ args: argv.slice(at + 1), options: { ...cmd.options, help: { type: 'boolean', short: 'h' } }, strict: true }).values;
+    ({ values, positionals } = parseArgs({ args: argv.slice(at + 1), options: { ...cmd.options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: cmd.positionals === true }));
   } catch (e) {
     throw parseError(e, name);
   }
@@ -146,7 +169,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(commandHelp(name, cmd) + '\n');
     return 0;
   }
-  return cmd.run(values);
+  return cmd.run(values, positionals);
 }
 
 // `shadowmm demo | head`: a reader that goes away ends the command quietly, as for any CLI
@@ -160,7 +183,11 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    if (e instanceof UsageError) {
+    if (e instanceof Error && e.name === 'ScenarioError') {
+      // a bad scenario file: its message names the file and the field
+      process.stderr.write(`shadowmm: ${e.message}\n`);
+      process.exitCode = 2;
+    } else if (e instanceof UsageError) {
       process.stderr.write(`shadowmm: ${e.message}\nRun 'shadowmm ${e.command ? `${e.command} ` : ''}--help' for usage.\n`);
       process.exitCode = 2;
     } else {

@@ -56,7 +56,13 @@ interface Job {
 // Run from source (vitest, tsx): workers load the .ts entry through tsx; from dist: the .js.
 const fromSource = import.meta.url.endsWith('.ts');
 const workerFile = fileURLToPath(new URL(`../../workers/task.${fromSource ? 'ts' : 'js'}`, import.meta.url));
-const workerExecArgv = fromSource ? ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href] : undefined;
+/**
+ * Every Piscina pool's worker options. From source: tsx. From dist: no require(esm) — Piscina
+ * require()s its entry before import()ing it, and with require(esm) on (Node 20.19+) a module
+ * required and then imported again intermittently fails Node's ERR_INTERNAL_ASSERTION.
+ */
+export const WORKER_EXEC_ARGV = fromSource ? ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href] : ['--no-experimental-require-module'];
+const workerExecArgv = WORKER_EXEC_ARGV;
 
 export class ThreadsRunner implements Runner {
   private readonly w: Int32Array;
@@ -100,7 +106,7 @@ export class ThreadsRunner implements Runner {
       throw new TypeError(`task '${spec.name}': args must be structured-cloneable under threads (${(e as Error).message})`);
     }
     const t = this.k.tasks.create(spec.name, spec.kind ?? 'test', 0);
-    this.k.events.emit(EV.SPAWN, t.id, 0, 0, 0);
+    this.k.events.emit(EV.SPAWN, t.id, 0, this.w[t.base + TaskL.name], this.w[t.base + TaskL.kind]);
     this.addJob(t, { name: spec.name, kind: spec.kind, module: spec.module, fn: spec.fn as string, args: spec.args });
     return t;
   }

@@ -39,6 +39,26 @@ const BENCHES: Record<string, () => Promise<Record<string, number>>> = {
     const native = r.native_fault_per_s === null ? null : Math.round(r.native_fault_per_s);
     return { cpu_fault_per_s: Math.round(r.cpu_fault_per_s), native_fault_per_s: native, ...(r.native_note ? { native_note: r.native_note } : {}) } as unknown as Record<string, number>;
   },
+  // CPU faults on swap entries whose pages are in swap, not in the swap cache
+  async swapin() {
+    const { benchSwapin } = await import('./swapin.js');
+    return { ...(await benchSwapin()) };
+  },
+  // `shadowmm explore smoke` with one worker and with two, same process
+  async explore() {
+    const { benchExplore } = await import('./explore.js');
+    return { ...(await benchExplore()) };
+  },
+  // pages reclaimed per second through try_to_unmap_one, with no mirror and with 4
+  async reclaim() {
+    const { benchReclaim } = await import('./reclaim.js');
+    return { ...(await benchReclaim()) };
+  },
+  // virtual ms from the OOM decision to the victim's memory freed: memcg (memory.max) and a reaped global OOM
+  async oom() {
+    const { benchOom } = await import('./oom.js');
+    return { ...(await benchOom()) };
+  },
   async invalidate() {
     const { benchInvalidate2mb } = await import('./invalidate.js');
     return { invalidate_2mb_us: (await benchInvalidate2mb()).invalidate_2mb_us };
@@ -57,6 +77,11 @@ const BENCHES: Record<string, () => Promise<Record<string, number>>> = {
   async threads_stress() {
     const { benchThreadsStress } = await import('./threads_stress.js');
     return { ...(await benchThreadsStress()) };
+  },
+  // `shadowmm stress`, every reference driver, threads, 10 s with every check and 10 s without
+  async stress() {
+    const { benchStress } = await import('./stress.js');
+    return { ...(await benchStress()) };
   },
   async device_access() {
     const { benchDeviceAccess } = await import('./device.js');

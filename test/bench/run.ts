@@ -8,11 +8,11 @@ import { fileURLToPath } from 'node:url';
 import { progress } from './measure.js';
 
 /** in run order; each names an entry of one.ts */
-const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault', 'invalidate', 'device_access', 'device_fault', 'invalidate_4dev', 'threads_stress'];
+const BENCHES = ['mutex', 'mutex_sim', 'mutex_lockdep', 'sim', 'sim_speed', 'threads', 'fault', 'swapin', 'reclaim', 'oom', 'invalidate', 'device_access', 'device_fault', 'invalidate_4dev', 'threads_stress', 'stress', 'explore'];
 // per benchmark: a hung one must not hold the whole bench much past 2 minutes
 const TIMEOUT_MS = 30_000;
 const THREADS_TIMEOUT_MS = 60_000; // its workers hand off ~50k times
-const LONG: Record<string, number> = { threads: THREADS_TIMEOUT_MS, threads_stress: 45_000 }; // threads_stress runs 10 s by definition
+const LONG: Record<string, number> = { threads: THREADS_TIMEOUT_MS, threads_stress: 45_000, stress: 90_000 }; // threads_stress runs 10 s by definition
 
 export const GOALS = {
   mutex_uncontended_ns: { max: 25 },
@@ -50,11 +50,16 @@ const KEYS: Record<string, string[]> = {
   sim_speed: ['sim_sched_points_per_s_speed'],
   threads: ['threads_mutex_handoff_p50_us', 'raw_atomics_handoff_p50_us'],
   fault: ['cpu_fault_per_s', 'native_fault_per_s'],
+  swapin: ['swapin_fault_per_s'],
+  reclaim: ['reclaim_pages_per_s_0mirror', 'reclaim_pages_per_s_4mirror'],
+  oom: ['oom_to_free_ms', 'oom_reap_to_free_ms'],
   invalidate: ['invalidate_2mb_us'],
+  explore: ['explore_runs_per_s_1job', 'explore_runs_per_s_2jobs', 'explore_run_ms'],
   device_access: ['device_access_per_s_checked', 'device_access_per_s_unchecked'],
   device_fault: ['device_fault_4k_p50_us', 'device_fault_2mb_p50_us'],
   invalidate_4dev: ['invalidate_2mb_4dev_us', 'munmap_2mb_0dev_us'],
   threads_stress: ['threads_stress_ops_per_s', 'threads_stress_device_pages', 'threads_stress_cpu_ops'],
+  stress: ['stress_ops_per_s_checked', 'stress_ops_per_s_unchecked', 'stress_cpu_ops_per_s_checked', 'stress_violations_checked'],
 };
 
 async function main(): Promise<void> {
