@@ -37,3 +37,4 @@ export type { ProcessContext } from './mm/process.js';
 export type { TaskContext, RunResult, RunStatus } from './sched/scheduler.js';
 export type { Kernel } from './sched/kernel.js';
 export { defineStruct } from './shm/layout.js';
+export { raise, settle, waitAtLeast } from './run/words.js';

@@ -31,7 +31,7 @@ function expectOk(o: ScenarioRunOutcome, found: Record<string, number> | string[
 }
 
 describe('built-in scenarios (sim)', () => {
-  it('the list names smoke, two-notifiers and interval-updates, each loading from its own module', async () => {
+  it('the list names the six built-in scenarios, each loading from its own module', async () => {
     expect(builtinScenarios().map((b) => b.name)).toEqual(['smoke', 'two-notifiers', 'interval-updates', 'oom-reap', 'reclaim-recursion', 'swap-roundtrip']);
     for (const b of builtinScenarios()) expect((await loadScenario(b.name)).scenario.name).toBe(b.name);
   });

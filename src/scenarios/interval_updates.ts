@@ -40,6 +40,7 @@ import {
   mmu_notifier_subscriptions_state,
   mmu_notifier_unregister,
 } from '../notifier/index.js';
+import { settle as n, waitAtLeast, raise } from '../run/words.js';
 
 /** a recording interval driver's state, one per subscription */
 const RecL = defineStruct('interval_updates_rec', { lock: MUTEX_WORDS, calls: 1 });
@@ -73,20 +74,6 @@ export interface IuArgs {
 }
 
 type Ctx = IuArgs & { ctl: number };
-
-async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
-}
-
-async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await n(k.sched.wait(at, c));
-}
-
-function raise(k: Kernel, at: number, v: number): void {
-  Atomics.store(k.arena.i32, at, v);
-  k.sched.wake(at, Infinity);
-}
 
 const f64get = (k: Kernel, at: number): number => k.arena.f64[at >> 1];
 const f64set = (k: Kernel, at: number, v: number): void => void (k.arena.f64[at >> 1] = v);

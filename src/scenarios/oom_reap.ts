@@ -50,6 +50,7 @@ import {
   odp_unlock,
   spawnRdmaQp,
 } from '../../drivers/odp/index.js';
+import { settle as n, waitAtLeast, raise } from '../run/words.js';
 
 export const OrL = defineStruct('oom_reap_ctl', {
   addr: 2, // f64: the buffer (Float64 fields first: even offsets)
@@ -94,20 +95,6 @@ export interface OomReapArgs {
 }
 
 type Ctx = OomReapArgs & { ctl: number; memcg: number };
-
-async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
-}
-
-async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await n(k.sched.wait(at, c));
-}
-
-function raise(k: Kernel, at: number, v: number): void {
-  Atomics.store(k.arena.i32, at, v);
-  k.sched.wake(at, Infinity);
-}
 
 const sleepMs = async (k: Kernel, ms: number): Promise<void> => void (await k.sched.sleep(ms * 1e6));
 

@@ -50,6 +50,7 @@ import {
   unpin_user_pages,
 } from '../device/index.js';
 import { UptrObjL, UserptrL, userptrObj, userptrStats } from '../../drivers/userptr.js';
+import { settle as n, waitAtLeast, raise } from '../run/words.js';
 
 export const RrL = defineStruct('reclaim_recursion_ctl', {
   obj: 2, // f64: the object's buffer (Float64 fields first: even offsets)
@@ -84,20 +85,6 @@ export interface RrArgs {
 }
 
 type Ctx = RrArgs & { ctl: number };
-
-async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
-}
-
-async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await n(k.sched.wait(at, c));
-}
-
-function raise(k: Kernel, at: number, v: number): void {
-  Atomics.store(k.arena.i32, at, v);
-  k.sched.wake(at, Infinity);
-}
 
 const objWord = (i: number): number => 0x0b1e0000 + i;
 const bysWord = (i: number): number => 0x0b5d0000 + i;

@@ -11,6 +11,7 @@ import { vm_mmap, vm_munmap } from '../mm/mmap.js';
 import type { ProcessContext } from '../mm/process.js';
 import { get_user, put_user } from '../mm/uaccess.js';
 import { HMM_DMIRROR_READ, HMM_DMIRROR_WRITE, dmirror_close, dmirror_ioctl, dmirror_open, hmm_dmirror_exit, hmm_dmirror_init } from '../../drivers/dmirror/index.js';
+import { settle as n } from '../run/words.js';
 
 export const SmokeL = defineStruct('smoke_result', {
   setup: 1, // 0 ok, else the failing step's errno
@@ -27,10 +28,6 @@ export const SmokeL = defineStruct('smoke_result', {
 
 export interface SmokeArgs {
   pages: number;
-}
-
-async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
 }
 
 export default defineScenario<SmokeArgs, { res: number }>({

@@ -26,6 +26,7 @@ import { inject_reclaim_range } from '../mm/fault_inject.js';
 import { swapStats, swapUsage } from '../mm/swapfile.js';
 import { MmL } from '../mm/types.js';
 import { HMM_DMIRROR_READ, HMM_DMIRROR_WRITE, dmirror_close, dmirror_ioctl, dmirror_open, dmirror_stats, hmm_dmirror_exit, hmm_dmirror_init } from '../../drivers/dmirror/index.js';
+import { settle as n, waitAtLeast, raise } from '../run/words.js';
 
 export const SrL = defineStruct('swap_roundtrip_ctl', {
   setup: 1, // 0 ok, else the failing step's errno
@@ -60,20 +61,6 @@ export interface SrArgs {
 }
 
 type Ctx = SrArgs & { ctl: number; res: number[] };
-
-async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
-}
-
-async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await n(k.sched.wait(at, c));
-}
-
-function raise(k: Kernel, at: number, v: number): void {
-  Atomics.store(k.arena.i32, at, v);
-  k.sched.wake(at, Infinity);
-}
 
 /** what the device writes: word i of page p */
 export const devWord = (p: number, i: number): number => (0x5a000000 + (p << 12) + i) | 0;

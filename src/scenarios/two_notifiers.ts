@@ -22,6 +22,7 @@ import { put_user } from '../mm/uaccess.js';
 import { ResL, deviceStats, device_close, device_ioctl, device_open, spawnDeviceProgram } from '../device/index.js';
 import { kvmState } from '../../drivers/kvm-mmu.js';
 import { userptrObj, userptr_lock, userptr_unlock } from '../../drivers/userptr.js';
+import { settle as n, waitAtLeast, raise } from '../run/words.js';
 
 export const AbL = defineStruct('two_notifiers_ctl', {
   res: ResL.$size, // the vCPU's result words
@@ -45,20 +46,6 @@ export interface AbArgs {
   pages: number;
   /** ms the holder keeps B's lock while the reaper retries */
   holdMs: number;
-}
-
-async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
-}
-
-async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await n(k.sched.wait(at, c));
-}
-
-function raise(k: Kernel, at: number, v: number): void {
-  Atomics.store(k.arena.i32, at, v);
-  k.sched.wake(at, Infinity);
 }
 
 const sleep = async (k: Kernel, ns: number): Promise<void> => void (await k.sched.sleep(ns));
