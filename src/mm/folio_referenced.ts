@@ -11,7 +11,7 @@
 import type { Kernel } from '../sched/kernel.js';
 import { spin_lock, spin_unlock } from '../sync/spinlock.js';
 import { mmu_notifier_clear_flush_young, mmu_notifier_clear_young, mmu_notifier_test_young } from '../notifier/mmu_notifier.js';
-import { mmdrop, mmgrab } from './mm_inline.js';
+import { mmdrop } from './mm_inline.js';
 import { pte_lookup, ptl_of } from './mm_pt.js';
 import { _PAGE_ACCESSED, pte_pfn, pte_present, pte_special } from './pgtable.js';
 import { rmap_mappings } from './rmap.js';
@@ -23,7 +23,7 @@ const TEST = 2; // khugepaged: pte_young || mmu_notifier_test_young
 
 /** Mappings of pfn whose CPU PTE or secondary MMU reported it young. */
 function walk(k: Kernel, pfn: number, memcg: number, op: number): number {
-  const maps = rmap_mappings(k, pfn);
+  const maps = rmap_mappings(k, pfn, true); // each mm grabbed while its mapping pins it
   if (maps.length === 0) return 0;
   const w = k.arena.i32;
   const ps = k.mmLayer.pageSize;
@@ -31,8 +31,10 @@ function walk(k: Kernel, pfn: number, memcg: number, op: number): number {
   for (const m of maps) {
     const mm = m.mm;
     // memcg reclaim looks only at mappings of mms in the target memcg (mm_match_cgroup)
-    if (memcg !== 0 && w[mm + MmL.memcg] !== memcg) continue;
-    mmgrab(mm); // the mapping exists, so the mm does: hold it across the visit
+    if (memcg !== 0 && w[mm + MmL.memcg] !== memcg) {
+      mmdrop(mm);
+      continue;
+    }
     const ptl = ptl_of(k, mm);
     spin_lock(ptl);
     try {

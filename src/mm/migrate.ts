@@ -10,7 +10,7 @@ import { MMU_NOTIFY_CLEAR, MmuNotifierRange, mmu_notifier_range_init } from '../
 import { mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start } from '../notifier/invalidate.js';
 import { is_migration_entry_dirty, is_migration_entry_young, make_migration_entry, pte_maps_pfn } from './device_entries.js';
 import { folio_get, folio_put, is_device_private_page } from './memremap.js';
-import { mmdrop, mmgrab } from './mm_inline.js';
+import { mmdrop } from './mm_inline.js';
 import { _PAGE_PROTNONE, flush_tlb_mm, folio_maybe_dma_pinned, pte_lookup, ptl_of } from './mm_pt.js';
 import { PG_anon, PG_anon_exclusive, PG_dirty, PageL } from './page.js';
 import {
@@ -40,11 +40,14 @@ const page_flags = (k: Kernel, pfn: number): number => k.arena.i32[k.zone.page(p
 
 /** folio_mapped, ours: a mapping that is not (yet) one of its migration entries */
 export function folio_mapped_live(k: Kernel, pfn: number): boolean {
-  for (const m of rmap_mappings(k, pfn)) {
-    const pte = pte_maps_pfn(k, m.mm, m.addr, pfn);
-    if (pte !== 0 && !is_migration_entry(pte)) return true;
+  const maps = rmap_mappings(k, pfn, true);
+  let live = false;
+  for (const m of maps) {
+    const pte = live ? 0 : pte_maps_pfn(k, m.mm, m.addr, pfn);
+    if (pte !== 0 && !is_migration_entry(pte)) live = true;
+    mmdrop(m.mm);
   }
-  return false;
+  return live;
 }
 
 /**
@@ -84,8 +87,7 @@ async function try_to_migrate_one(k: Kernel, pfn: number, mm: number, addr: numb
 
 /** try_to_migrate: every live mapping of pfn; stops at the first that must stay. */
 export async function try_to_migrate(k: Kernel, pfn: number): Promise<void> {
-  const maps = rmap_mappings(k, pfn);
-  for (const m of maps) mmgrab(m.mm);
+  const maps = rmap_mappings(k, pfn, true);
   try {
     for (const m of maps) {
       if (!(await try_to_migrate_one(k, pfn, m.mm, m.addr))) break;
@@ -146,8 +148,7 @@ function remove_migration_pte(k: Kernel, src: number, dst: number, mm: number, a
 export function remove_migration_ptes(k: Kernel, src: number, dst: number): void {
   for (let found = 1; found > 0; ) {
     found = 0;
-    const maps = rmap_mappings(k, src);
-    for (const m of maps) mmgrab(m.mm);
+    const maps = rmap_mappings(k, src, true);
     try {
       for (const m of maps) if (remove_migration_pte(k, src, dst, m.mm, m.addr)) found++;
     } finally {

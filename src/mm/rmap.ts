@@ -104,8 +104,13 @@ export function folio_mapcount(k: Kernel, pfn: number): number {
   return Atomics.load(k.arena.i32, k.zone.page(pfn) + P_MAPCOUNT);
 }
 
-/** Every (mm, addr) mapping pfn, newest first (reports, tests, rmap walks). */
-export function rmap_mappings(k: Kernel, pfn: number): { mm: number; addr: number }[] {
+/**
+ * Every (mm, addr) mapping pfn, newest first (reports, tests, rmap walks). A walk that visits
+ * the mms passes grab: each mm is mmgrabbed under the rmap lock, while its mapping still pins
+ * it (the kernel's walk holds the anon_vma lock, which exit_mmap needs before its mmdrop); a
+ * grab after the unlock can come after an exiting mm's last mmdrop. The caller mmdrops each.
+ */
+export function rmap_mappings(k: Kernel, pfn: number, grab = false): { mm: number; addr: number }[] {
   const w = k.arena.i32;
   const f = k.arena.f64;
   const out: { mm: number; addr: number }[] = [];
@@ -113,6 +118,7 @@ export function rmap_mappings(k: Kernel, pfn: number): { mm: number; addr: numbe
   arch_spin_lock(w, lock);
   for (let node = w[k.zone.page(pfn) + P_MAPPING]; node !== 0; node = w[node + R_NEXT]) {
     out.push({ mm: w[node + R_MM], addr: f[(node + R_ADDR) >> 1] });
+    if (grab) mmgrab(w[node + R_MM]);
   }
   arch_spin_unlock(w, lock);
   return out;
@@ -131,9 +137,8 @@ export const rmapHooks: { swap_duplicate: ((k: Kernel, entry: number) => boolean
  * at the first mapping that must stay (a pinned anon page). True when no mapping is left.
  */
 export function try_to_unmap(k: Kernel, pfn: number): boolean | Promise<boolean> {
-  const maps = rmap_mappings(k, pfn);
-  // the mappings exist, so each mm is alive: hold it across the walk
-  for (const m of maps) mmgrab(m.mm);
+  // each mm held across the walk, grabbed while its mapping pins it
+  const maps = rmap_mappings(k, pfn, true);
   let i = 0;
   const drop = (): boolean => {
     for (const m of maps) mmdrop(m.mm);
