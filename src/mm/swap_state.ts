@@ -10,8 +10,9 @@
 // (read_swap_cache_async, swap_fault.ts).
 //
 // Data integrity (DESIGN check 6): __remove_mapping is where a clean page is thrown away
-// because its slot holds the same bytes. It compares them; a difference means a write reached
-// the page without its dirty bit reaching PG_dirty: 'data_integrity', "BUG: lost write".
+// because its slot holds the same bytes. It compares them while a swap PTE still names the
+// slot; a difference means a write reached the page without its dirty bit reaching PG_dirty:
+// 'data_integrity', "BUG: lost write".
 
 import type { Kernel } from '../sched/kernel.js';
 import { splat } from '../sched/splat.js';
@@ -165,7 +166,8 @@ function first_difference(k: Kernel, pfn: number, s: number): number {
  * (the caller's and the cache's, exactly two, as folio_ref_freeze checks), then take it out
  * of the swap cache. On success the caller's reference is the only one left: put_page frees
  * the frame. False when the page is dirty, mapped, not in the swap cache, or someone else
- * holds a reference. A clean page whose bytes differ from its slot's is a lost write.
+ * holds a reference. A clean page whose bytes differ from its slot's, when a swap PTE still
+ * names the slot, is a lost write.
  */
 export function __remove_mapping(k: Kernel, pfn: number): boolean {
   const w = k.arena.i32;
@@ -184,7 +186,12 @@ export function __remove_mapping(k: Kernel, pfn: number): boolean {
     return false;
   }
   const written = (slot_flags(k, s) & SWP_WRITTEN) !== 0;
-  const diff = written ? first_difference(k, pfn, s) : 0;
+  // Only a slot some swap PTE still names will be read back. A page whose last PTE was zapped
+  // (munmap, exit) while reclaim held it is dead: zap marks only file pages dirty, as the
+  // kernel's zap_present_folio_ptes does, so its bytes may differ from the slot and nothing
+  // can see them.
+  const live = (swap_map(k, s) & SWAP_COUNT_MASK) !== 0;
+  const diff = !live ? -1 : written ? first_difference(k, pfn, s) : 0;
   const owner = slot_owner(k, s);
   let report = '';
   if (diff >= 0) {
@@ -258,6 +265,43 @@ export function free_swap_cache(k: Kernel, pfn: number): void {
   if (!folio_trylock(k, pfn)) return;
   folio_free_swap(k, pfn);
   folio_unlock(k, pfn);
+}
+
+// ---- cache-only slots -------------------------------------------------------------------------------
+//
+// free_swap_cache and free_swap_and_cache are best-effort ("just an optimization to avoid
+// having memory pressure do it later"): a page that reclaim put in the swap cache while someone
+// else held a reference (wp_page_copy's old page, say, after its PTE had already been COWed by
+// another task) stays there with no PTE and no swap PTE when that reference goes. Only later
+// reclaim, the swap allocator's reclaim of cache-only slots, or swapoff frees it.
+
+/**
+ * __try_to_reclaim_swap(TTRS_ANYWAY): take slot s's page out of the swap cache if no swap PTE
+ * names the slot, freeing both (the page too when the cache held the last reference). 1 when
+ * it did, 0 when the slot has no cache page, -1 when the page is locked or the slot still in use.
+ */
+export function __try_to_reclaim_swap(k: Kernel, s: number): number {
+  const pfn = swap_cache_get_folio(k, s);
+  if (pfn <= 0) return pfn === 0 ? 0 : -1;
+  let ret = -1;
+  if (folio_trylock(k, pfn)) {
+    // still the slot's page (folio->swap), and only the cache uses the slot (folio_free_swap checks)
+    if (k.arena.i32[k.zone.page(pfn) + P_PRIVATE] === s && folio_free_swap(k, pfn)) ret = 1;
+    folio_unlock(k, pfn);
+  }
+  put_page(k, pfn);
+  return ret;
+}
+
+/**
+ * swap_reclaim_full_clusters(force) (swap_reclaim_work, and swapoff's sweep of pages only the
+ * cache holds): every slot whose map is SWAP_HAS_CACHE alone gives its page back. Ours has no
+ * clusters: the whole area is scanned. The pages it freed from the cache.
+ */
+export function swap_reclaim_full_clusters(k: Kernel): number {
+  let freed = 0;
+  for (let s = 1; s <= k.swap.nrSlots; s++) if (swap_map(k, s) === SWAP_HAS_CACHE && __try_to_reclaim_swap(k, s) > 0) freed++;
+  return freed;
 }
 
 // ---- swap-in ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import { loadModule } from '../sched/modules.js';
 import { ThreadsRunner } from './threads.js';
 import { bootKernel } from './boot.js';
 import { reap_zombies, spawn_process } from '../mm/process.js';
+import { swap_reclaim_full_clusters } from '../mm/swap_state.js';
 import { oomKillModule, oom_set_reaper_policy } from '../mm/oom_kill.js';
 import { collectViolations, countKinds, type Violation } from '../check/violation.js';
 import { kernelUsage, teardownLeaks } from '../check/teardown.js';
@@ -231,6 +232,8 @@ export async function runScenario(loaded: LoadedScenario, opts: ScenarioRunOptio
     }
   }
   for (const at of words) k.kmalloc.kfree(at);
+  // pages only the swap cache holds are the kernel's to reclaim later, not leaks: reclaim them first
+  if (ended) swap_reclaim_full_clusters(k);
   const leaks = ended ? teardownLeaks(k, before) : null;
   const replay = seed === null ? null : replayCommand(loaded.ref, { seed, variant, strategy, pctDepth, pctSteps: opts.pctSteps, eventHash: boot.events === false ? undefined : result.eventHash });
   const violations = collectViolations({ k, result, log, leaks: leaks ?? [], checkFailures: checkFailures.map((m) => `${s.name}: ${m}`), replay, recent: opts.recentEvents });

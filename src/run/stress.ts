@@ -19,6 +19,7 @@ import { DEV_ENGINES, DEV_STAT, DEV_STAT_NAMES } from '../device/types.js';
 import { devicesOf, deviceStats } from '../device/device.js';
 import { oomKillModule } from '../mm/oom_kill.js';
 import { reap_zombies, MAX_THREADS } from '../mm/process.js';
+import { swap_reclaim_full_clusters } from '../mm/swap_state.js';
 import { INFO_KINDS, collectViolations, type Violation } from '../check/violation.js';
 import { kernelUsage, teardownLeaks } from '../check/teardown.js';
 import { bootKernel, type BootConfig } from './boot.js';
@@ -360,12 +361,9 @@ async function oneRun(
   const counters = readCounters(k, ctl, drivers.length);
   k.kmalloc.kfree(ctl);
   k.kmalloc.kfree(slots);
+  // pages only the swap cache holds are the kernel's to reclaim later, not leaks: reclaim them first
+  if (result.status === 'done') swap_reclaim_full_clusters(k);
   const leaks = result.status === 'done' ? teardownLeaks(k, before) : [];
-  if (process.env.H10_DUMP && leaks.length) { // H10-INSTR
-    const F = ['locked','ref','uptodate','dirty','lru','active','reserved','anon','swapcache','swapbacked','devpriv','anonexcl','free'];
-    for (let pfn = 1; pfn < k.zone.nrPages; pfn++) { const b = k.zone.page(pfn); const fl = w[b]; if (fl & (1<<12)) continue;
-      console.log('H10 pfn', pfn, 'flags', F.filter((_, i) => fl & (1<<i)).join('|'), 'ref', w[b+1], 'map', w[b+2], 'pin', w[b+3], 'memcg', w[b+4], 'lru', w[b+5], w[b+6], 'priv', w[b+9], 'mapping', w[b+10], 'gen', w[b+7]); }
-  } // H10-INSTR
   const replay = seed === null ? null : replayArgs({ ...o, seed }, drivers.map((d) => d.ref), 1, seed);
   const all = collectViolations({ k, result, log: k.klog.read(), leaks, checkFailures: [], replay });
   const { rest: violations, known } = splitKnown(drivers, all.filter((v) => !WARN_KINDS.has(v.kind)));
