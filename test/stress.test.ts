@@ -150,7 +150,7 @@ describe('shadowmm stress under threads', () => {
     // so its records are listed as known and do not fail the run; nothing else may show
     expect(r.violations).toEqual([]);
     for (const kv of r.known) expect([kv.driver, kv.kind]).toEqual(['userptr', 'mirror_invariant']);
-  }, 60_000);
+  }, 90_000); // past the command's own limit (duration + 60 s), so a hang shows its liveness report
 
   it('--pressure oom and --pressure reclaim with single drivers', async () => {
     const oom = await report('--duration', '4s', '--pressure', 'oom', '--driver', 'dmirror');

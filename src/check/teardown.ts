@@ -8,6 +8,8 @@ import type { Kernel } from '../sched/kernel.js';
 import { TASK_BLOCKED, TASK_RUNNABLE, TASK_STATE_NAMES } from '../sched/task.js';
 import { mmUsage } from '../mm/mm_layer.js';
 import { deviceUsage } from '../device/layer.js';
+import { swapUsage } from '../mm/swapfile.js';
+import { memcgStats } from '../mm/memcontrol_files.js';
 
 export type Usage = Record<string, Record<string, number>>;
 
@@ -17,7 +19,16 @@ const sources = new Map<string, UsageSource>([
   ['mm', (k) => mmUsage(k)],
   ['kmalloc', (k) => k.kmalloc.usage()],
   ['device', (k) => deviceUsage(k)],
+  ['swap', (k) => swapUsage(k)],
+  ['memcg', memcgCharged],
 ]);
+
+/** pages still charged to any memcg (every charge is uncharged at the final free) */
+function memcgCharged(k: Kernel): Record<string, number> {
+  let charged = 0;
+  for (let id = 1; id <= k.memcg.capacity; id++) charged += memcgStats(k, id)?.current ?? 0;
+  return { charged };
+}
 
 /** Add a layer's counts (objects in use; `freePages`-style keys count what is free). */
 export function registerUsageSource(name: string, fn: UsageSource): void {

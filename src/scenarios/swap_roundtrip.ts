@@ -215,8 +215,15 @@ export async function srApp({ k, mm, args }: ProcessContext<Ctx>): Promise<void>
   if (args.pressure === 'pageout') {
     w[c + SrL.pressure_ret] = await n(inject_reclaim_range(k, mm, a, a + N * ps));
   } else {
-    raise(k, c + SrL.hog_go, 1);
-    await waitAtLeast(k, c + SrL.hog_done, 1);
+    // under threads kswapd may find some buffer pages referenced on a pass: the hog goes
+    // round again (at most HOG_ROUNDS) until the whole buffer is out
+    for (let round = 1; round <= HOG_ROUNDS; round++) {
+      raise(k, c + SrL.hog_go, round);
+      await waitAtLeast(k, c + SrL.hog_done, round);
+      if (count(ptes(k, mm, a, N), is_swap_entry) === N) break;
+    }
+    raise(k, c + SrL.hog_go, HOG_STOP);
+    await waitAtLeast(k, c + SrL.hog_done, HOG_STOP);
   }
   w[c + SrL.pswpout] = swapStats(k).pswpout - out0;
   const before = ptes(k, mm, a, N);
@@ -242,6 +249,9 @@ export async function srApp({ k, mm, args }: ProcessContext<Ctx>): Promise<void>
 }
 
 /** Another process: touches more memory than the machine has, then lets it go. */
+const HOG_ROUNDS = 4;
+const HOG_STOP = 1000;
+
 export async function srHog({ k, mm, args }: ProcessContext<Ctx>): Promise<void> {
   const c = args.ctl;
   const ps = k.mmLayer.pageSize;
@@ -249,10 +259,15 @@ export async function srHog({ k, mm, args }: ProcessContext<Ctx>): Promise<void>
   const M = args.hogPages;
   const a = await n(vm_mmap(mm, 0, M * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS));
   if (a < 0) return raise(k, c + SrL.setup, a);
-  let touched = 0;
-  for (let i = 0; i < M; i++) if ((await n(put_user(i + 1, a + i * ps))) === 0) touched++;
-  k.arena.i32[c + SrL.hog_pages] = touched;
+  // one pass over its memory per round the buffer's owner asks for, until told to stop
+  for (let round = 1; Atomics.load(k.arena.i32, c + SrL.hog_go) < HOG_STOP; round++) {
+    let touched = 0;
+    for (let i = 0; i < M; i++) if ((await n(put_user(i + 1, a + i * ps))) === 0) touched++;
+    k.arena.i32[c + SrL.hog_pages] = touched;
+    raise(k, c + SrL.hog_done, round);
+    await waitAtLeast(k, c + SrL.hog_go, round + 1);
+  }
   await n(vm_munmap(mm, a, M * ps));
-  raise(k, c + SrL.hog_done, 1);
+  raise(k, c + SrL.hog_done, HOG_STOP);
 }
 
