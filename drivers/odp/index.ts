@@ -16,8 +16,9 @@
 //   work, work requests) before the umem and its notifier go;
 // - a QP engine (rdma.ts) runs RDMA READ / WRITE / FETCH_AND_ADD work requests.
 // Where it differs: no implicit MRs, no huge pages, no dma-buf; the pfn_list is at most
-// ODP_MAX_PAGES; "DMA mapping" is the sticky HMM_PFN_DMA_MAPPED bit (no IOMMU, no
-// set_page_dirty); demand faults map reads read-only as rxe does (mlx5 faults a writable MR
+// ODP_MAX_PAGES; "DMA mapping" is the sticky HMM_PFN_DMA_MAPPED bit (no IOMMU; unmapping
+// a writable one dirties its page, under umem_mutex, as the kernel does); demand faults
+// map reads read-only as rxe does (mlx5 faults a writable MR
 // for write); the mkey lookup is the MR's state word, not an xarray; the fault holds the mm
 // only across each walk (no mmput_async); ODP_NONBLOCK_TRYLOCK is the v4.19-v5.4 trylock
 // behaviour as a policy.

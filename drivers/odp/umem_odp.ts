@@ -17,6 +17,7 @@ import {
   HMM_PFN_REQ_FAULT,
   HMM_PFN_REQ_WRITE,
   HMM_PFN_VALID,
+  HMM_PFN_WRITE,
   HMM_RANGE_DEFAULT_TIMEOUT,
   HmmRange,
   current,
@@ -44,6 +45,7 @@ import {
   mmu_interval_set_seq,
   mmu_notifier_priv,
   mmu_notifier_range_blockable,
+  set_page_dirty,
   shadow_pte_zap,
   splat,
   type MmuNotifierRange,
@@ -162,7 +164,8 @@ export async function ib_umem_odp_get(dev: number, addr: number, size: number, a
 
 /**
  * ib_umem_odp_unmap_dma_pages: forget the pages of [virt, bound) (umem_mutex held): DMA
- * unmap what is mapped and clear every pfn's flags. The MTT must already be zapped.
+ * unmap what is mapped, set_page_dirty each mapped writable page, clear every pfn's flags.
+ * The MTT must already be zapped.
  */
 export function ib_umem_odp_unmap_dma_pages(dev: number, virt: number, bound: number): void {
   const k = current.k;
@@ -176,7 +179,12 @@ export function ib_umem_odp_unmap_dma_pages(dev: number, virt: number, bound: nu
   const pl = k.arena.i32[st + OdpL.pfn_list];
   for (let addr = virt; addr < bound; addr += ps) {
     const hi = pl + 2 * ((addr - start) / ps) + 1;
-    if ((u[hi] & HMM_PFN_DMA_MAPPED) !== 0) k.arena.i32[st + OdpL.npages]--; // hmm_dma_unmap_pfn
+    if ((u[hi] & HMM_PFN_DMA_MAPPED) !== 0) {
+      // hmm_dma_unmap_pfn; the HCA may have written a writable page: dirty it under
+      // umem_mutex (not the page lock), or reclaim would drop the data of a clean page
+      if ((u[hi] & HMM_PFN_WRITE) !== 0) set_page_dirty(k, u[hi - 1] + (u[hi] & ~HMM_PFN_FLAGS) * 2 ** 32);
+      k.arena.i32[st + OdpL.npages]--;
+    }
     u[hi] &= ~HMM_PFN_FLAGS;
   }
 }

@@ -89,7 +89,7 @@ export {
 } from '../notifier/interval.js';
 export { mmap_read_lock, mmap_read_unlock, mmap_assert_locked, mm_flags_test } from '../mm/mm_inline.js';
 export { mmget_not_zero, mmput, mmgrab, mmdrop } from '../mm/mm_struct.js';
-export { put_page, get_page } from '../mm/mm_pt.js';
+export { put_page, get_page, set_page_dirty } from '../mm/mm_pt.js';
 export { current_mm } from '../mm/uaccess.js';
 export { PAGE_ALIGN_DOWN, ULONG_MAX } from '../mm/types.js';
 export {

@@ -12,7 +12,7 @@ import { current } from '../sched/current.js';
 import type { Kernel } from '../sched/kernel.js';
 import { splat } from '../sched/splat.js';
 import { Spinlock } from '../sync/spinlock.js';
-import { PG_device_private, PG_free, PageL, ZERO_PFN } from './page.js';
+import { PG_device_private, PG_dirty, PG_free, PageL, ZERO_PFN } from './page.js';
 import { __free_page } from './page_alloc.js';
 import { PTRS_PER_TABLE } from './pgtable.js';
 import { TASK_MM, TASK_UACCESS, TASK_WORDS } from './mm_layer.js';
@@ -144,6 +144,22 @@ export function put_page(k: Kernel, pfn: number): void {
     return;
   }
   __free_page(k, pfn);
+}
+
+/**
+ * set_page_dirty for a driver that wrote a page through its own mapping (ODP unmap, like
+ * unpin_user_pages_dirty_lock). Only system pages: the zero page and device-private pages
+ * have nothing to write back. PG_dirty is set atomically; reclaim rereads it under the folio
+ * lock before it drops the page, and the driver's lock (umem_mutex) orders this against the
+ * unmap that made the page reclaimable.
+ */
+export function set_page_dirty(k: Kernel, pfn: number): void {
+  if (pfn === ZERO_PFN || pfn >= k.zone.nrPages) return;
+  const w = k.arena.i32;
+  const p = k.zone.page(pfn);
+  const f = w[p + PageL.flags];
+  if ((f & (PG_device_private | PG_free)) !== 0) return;
+  Atomics.or(w, p + PageL.flags, PG_dirty);
 }
 
 /**
