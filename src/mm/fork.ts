@@ -160,7 +160,7 @@ function copy_one_pte(k: Kernel, dst: number, src: number, srcMm: number, dstMm:
     if (prealloc === 0) return NEED_PAGE;
     copyPage(k, prealloc, pfn);
     const np = k.zone.page(prealloc);
-    w[np + PageL.flags] |= PG_anon | PG_anon_exclusive | PG_swapbacked | PG_uptodate;
+    Atomics.or(w, np + PageL.flags, PG_anon | PG_anon_exclusive | PG_swapbacked | PG_uptodate);
     k.arena.f64[(np + PageL.index) >> 1] = addr / k.mmLayer.pageSize;
     if (!page_add_rmap(k, prealloc, dstMm, addr)) {
       put_page(k, prealloc);

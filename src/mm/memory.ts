@@ -161,7 +161,7 @@ function anon_install(k: Kernel, mm: number, vma: number, addr: number, pfn: num
   if (pfn === 0) return VM_FAULT_OOM;
   const w = k.arena.i32;
   const p = k.zone.page(pfn);
-  w[p + P_FLAGS] |= NEW_ANON;
+  Atomics.or(w, p + P_FLAGS, NEW_ANON); // atomic: reclaim may lock a page it can reach
   k.arena.f64[(p + PageL.index) >> 1] = addr / k.mmLayer.pageSize;
   const ptl = ptl_of(k, mm);
   spin_lock(ptl);
@@ -181,7 +181,7 @@ function anon_install(k: Kernel, mm: number, vma: number, addr: number, pfn: num
   }
   spin_unlock(ptl);
   if (ret !== 0) {
-    w[p + P_FLAGS] &= ~NEW_ANON;
+    Atomics.and(w, p + P_FLAGS, ~NEW_ANON);
     put_page(k, pfn);
     if (ret === -1) ret = 0;
   }
@@ -241,7 +241,7 @@ function wp_copy_start(k: Kernel, mm: number, vma: number, addr: number, orig: n
   if (old !== ZERO_PFN) copyPage(k, pfn, old);
   const w = k.arena.i32;
   const p = k.zone.page(pfn);
-  w[p + P_FLAGS] |= NEW_ANON;
+  Atomics.or(w, p + P_FLAGS, NEW_ANON); // atomic: reclaim may lock a page it can reach
   k.arena.f64[(p + PageL.index) >> 1] = addr / k.mmLayer.pageSize;
   const range = new MmuNotifierRange();
   mmu_notifier_range_init(range, MMU_NOTIFY_CLEAR, 0, mm, addr, addr + k.mmLayer.pageSize);
@@ -271,7 +271,7 @@ function wp_copy_commit(k: Kernel, mm: number, vma: number, addr: number, orig: 
   spin_unlock(ptl);
   if (!replaced) {
     // the PTE changed under us (or no rmap node): drop the copy, the access retries
-    w[k.zone.page(pfn) + P_FLAGS] &= ~NEW_ANON;
+    Atomics.and(w, k.zone.page(pfn) + P_FLAGS, ~NEW_ANON);
     put_page(k, pfn);
   } else if (old !== ZERO_PFN) {
     flush_tlb_mm(k, mm);
@@ -323,7 +323,7 @@ function shmem_get_page(k: Kernel, obj: number, index: number, fresh: number): n
     if (w[slot] !== 0) pfn = w[slot] >>> 12;
     else if (fresh !== 0) {
       const p = k.zone.page(fresh);
-      w[p + P_FLAGS] |= PG_swapbacked | PG_uptodate;
+      Atomics.or(w, p + P_FLAGS, PG_swapbacked | PG_uptodate);
       k.arena.f64[(p + PageL.index) >> 1] = index;
       w[slot] = mk_pte(fresh, false); // the page cache's reference is the allocation's
       w[obj + ShmL.nrpages]++;

@@ -289,7 +289,7 @@ function migrate_vma_insert_page(k: Kernel, m: MigrateVma, addr: number, dst: nu
     anon_vma_prepare(k, vma);
     if (page_add_rmap(k, dst, mm, addr)) {
       const p = k.zone.page(dst);
-      w[p + PageL.flags] |= PG_anon | PG_anon_exclusive | PG_swapbacked | PG_uptodate;
+      Atomics.or(w, p + PageL.flags, PG_anon | PG_anon_exclusive | PG_swapbacked | PG_uptodate);
       k.arena.f64[(p + PageL.index) >> 1] = addr / k.mmLayer.pageSize;
       if (!is_device_private_page(k, dst)) folio_add_lru_vma(k, dst, vma);
       folio_get(k, dst);
@@ -352,7 +352,7 @@ async function __migrate_device_pages(k: Kernel, src: Uint32Array, dst: Uint32Ar
       continue;
     }
     const np = k.zone.page(newpage);
-    w[np + PageL.flags] |= page_flags(k, page) & MIGRATE_FLAGS; // read again: folio_free_swap dirtied it
+    Atomics.or(w, np + PageL.flags, page_flags(k, page) & MIGRATE_FLAGS); // read again: folio_free_swap dirtied it
     k.arena.f64[(np + PageL.index) >> 1] = k.arena.f64[(k.zone.page(page) + PageL.index) >> 1];
   }
   if (range !== null) {
