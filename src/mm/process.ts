@@ -200,9 +200,11 @@ async function process_thread_run(k: Kernel, task: Task, pid: number, thread: nu
     w[p + ProcL.exit_code] = code;
     if (killed !== 0) w[p + ProcL.exit_signal] = killed;
   }
-  const left = Atomics.sub(w, p + ProcL.live, 1) - 1;
   const put = mmput(mm);
   if (put !== undefined) await put;
+  // counted out only after mmput returned: the thread whose mmput was the last one may finish
+  // exit_mmap after a sibling's; the process is a zombie (waitpid returns) once both are done
+  const left = Atomics.sub(w, p + ProcL.live, 1) - 1;
   if (left === 0) {
     Atomics.store(w, p + ProcL.state, PROC_ZOMBIE);
     k.sched.wake(p + ProcL.state, Infinity);
