@@ -11,6 +11,7 @@ import type { Kernel } from '../sched/kernel.js';
 import type { TaskContext, TaskFn } from '../sched/scheduler.js';
 import { loadModule, moduleFunction } from '../sched/modules.js';
 import { PROC_RUNNING, ProcL } from '../mm/process.js';
+import { settle, waitAtLeast } from './words.js';
 
 export interface ScenarioTaskArgs {
   module: string;
@@ -33,10 +34,6 @@ export interface ServicesArgs {
   services: ServiceStop[];
 }
 
-async function settle(r: unknown): Promise<void> {
-  if (typeof r === 'object' && r !== null && typeof (r as Promise<unknown>).then === 'function') await r;
-}
-
 /** A kthread of the scenario: its program, then done++ (also when it throws). */
 export async function scenario_task_main(ctx: TaskContext<ScenarioTaskArgs>): Promise<void> {
   const a = ctx.args;
@@ -49,11 +46,6 @@ export async function scenario_task_main(ctx: TaskContext<ScenarioTaskArgs>): Pr
     Atomics.add(k.arena.i32, a.done, 1);
     k.sched.wake(a.done, Infinity);
   }
-}
-
-async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
-  const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await settle(k.sched.wait(at, c));
 }
 
 /** A running process, 0 if none. */

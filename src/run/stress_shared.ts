@@ -123,25 +123,11 @@ export const slotAt = (a: StressTaskArgs, s: number): number => a.slots + s * Sl
 
 // ---- helpers every stress task uses ----------------------------------------------------------------
 
-export async function n<T>(v: T | Promise<T>): Promise<T> {
-  return v instanceof Promise ? await v : v;
-}
+export { settle as n, waitAtLeast } from './words.js';
 
 export function bump(k: Kernel, at: number, by = 1): void {
   Atomics.add(k.arena.i32, at, by);
   k.sched.wake(at, Infinity);
-}
-
-/** Sleep until the word is >= v (or timeoutNs passes); true if it got there. */
-export async function waitAtLeast(k: Kernel, at: number, v: number, timeoutNs?: number): Promise<boolean> {
-  const w = k.arena.i32;
-  const end = timeoutNs === undefined ? Infinity : k.sched.now() + timeoutNs;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) {
-    const left = end - k.sched.now();
-    if (left <= 0) return false;
-    await n(k.sched.wait(at, c, left === Infinity ? undefined : left));
-  }
-  return true;
 }
 
 export function stressError(k: Kernel, ctl: number, what: string): void {

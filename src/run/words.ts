@@ -10,10 +10,16 @@ export async function settle<T>(v: T | Promise<T>): Promise<T> {
   return v instanceof Promise ? await v : v;
 }
 
-/** Sleep until arena word `at` holds at least `v`. */
-export async function waitAtLeast(k: Kernel, at: number, v: number): Promise<void> {
+/** Sleep until arena word `at` holds at least `v` (or `timeoutNs` passes); true if it got there. */
+export async function waitAtLeast(k: Kernel, at: number, v: number, timeoutNs?: number): Promise<boolean> {
   const w = k.arena.i32;
-  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) await settle(k.sched.wait(at, c));
+  const end = timeoutNs === undefined ? Infinity : k.sched.now() + timeoutNs;
+  for (let c = Atomics.load(w, at); c < v; c = Atomics.load(w, at)) {
+    const left = end - k.sched.now();
+    if (left <= 0) return false;
+    await settle(k.sched.wait(at, c, left === Infinity ? undefined : left));
+  }
+  return true;
 }
 
 /** Store `v` in arena word `at` and wake everyone waiting on it. */
